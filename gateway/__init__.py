@@ -1,0 +1,1 @@
+"""inferloop inference gateway (imports `registry`, never `trainer`)."""

@@ -1,0 +1,1 @@
+"""inferloop: the closed ML delivery loop. The `inferloop` command lives in `inferloop.cli`."""

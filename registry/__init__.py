@@ -1,0 +1,39 @@
+"""inferloop model registry: immutable content-addressed versions, CAS stage pointers, audit log.
+
+Imports nothing from `gateway` or `trainer`.
+"""
+
+from __future__ import annotations
+
+from .core import AsyncRegistry, PointerState
+from .errors import (
+    Conflict,
+    CorruptArtifact,
+    InvalidName,
+    InvalidRegistryURI,
+    NotFound,
+    RegistryError,
+    Unavailable,
+    UnsupportedArtifact,
+)
+from .manifest import StagePointer, VersionManifest
+from .names import STAGES
+from .store import DEFAULT_REGISTRY_URI
+from .sync import Registry
+from .tracking import Run
+
+
+def __getattr__(name: str):
+    # torch is imported only when a model is built, so the CLI and pollers start fast.
+    if name in ("MLP", "build_module"):
+        from . import architectures
+
+        return getattr(architectures, name)
+    raise AttributeError(name)
+
+
+__all__ = [
+    "DEFAULT_REGISTRY_URI", "MLP", "STAGES", "AsyncRegistry", "Conflict", "CorruptArtifact", "InvalidName",
+    "InvalidRegistryURI", "NotFound", "PointerState", "Registry", "RegistryError", "Run", "StagePointer",
+    "Unavailable", "UnsupportedArtifact", "VersionManifest", "build_module",
+]

@@ -1,0 +1,168 @@
+"""Wire and storage types of the registry: manifests, stage pointers, events.
+
+A `VersionManifest` *is* the version: once written it never changes. Field names are part of the
+contract (DESIGN.md); add fields with defaults, never rename.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+OutputKind = Literal["regression", "binary", "multiclass"]
+EventKind = Literal[
+    "registered", "gate_passed", "gate_failed", "promoted", "rolled_back", "archived",
+    "drift_detected", "retrain_requested", "swapped", "load_failed", "shadow_evaluated",
+]
+
+
+class Struct(msgspec.Struct, forbid_unknown_fields=False, omit_defaults=False):
+    """Base: unknown fields are tolerated on read so newer writers don't break older readers."""
+
+
+class ModelSpec(Struct, frozen=True):
+    """Architecture of a state-dict artifact, enough to rebuild the module without pickle."""
+
+    kind: str
+    in_features: int
+    out_features: int
+    hidden: list[int] = []
+    activation: str = "relu"
+
+
+class ArtifactInfo(Struct, frozen=True):
+    digest: str
+    size: int
+    format: str  # "safetensors"
+    spec: ModelSpec
+
+
+class DataPartition(Struct, frozen=True):
+    name: str
+    digest: str
+    rows: int
+
+
+class DataLineage(Struct, frozen=True):
+    uri: str
+    partitions: list[DataPartition]
+    digest: str  # sha256 over the ordered (name, digest) list
+
+
+class CodeLineage(Struct, frozen=True):
+    commit: str | None
+    dirty: bool
+    repository: str | None = None
+
+
+class Environment(Struct, frozen=True):
+    python: str
+    torch: str
+    cuda: str | None
+    platform: str
+    packages_digest: str
+    device: str
+
+
+class Lineage(Struct, frozen=True):
+    code: CodeLineage
+    environment: Environment
+    params: dict[str, Any] = {}
+    seed: int | None = None
+    data: DataLineage | None = None
+    world_size: int = 1
+
+
+class FeatureSpec(Struct, frozen=True):
+    name: str
+    dtype: str = "FP32"
+
+
+class InputSignature(Struct, frozen=True):
+    features: list[FeatureSpec]
+    output_kind: OutputKind = "regression"
+    outputs: int = 1
+    classes: list[str] = []
+
+
+class BinnedReference(Struct, frozen=True):
+    """Fixed bins for drift: `edges` are inner cut points (bins are open at both ends),
+    `fractions` has len(edges)+1 entries for the value bins plus one last entry for missing values."""
+
+    name: str
+    edges: list[float]
+    fractions: list[float]
+    count: int
+
+
+class ReferenceStats(Struct, frozen=True):
+    features: list[BinnedReference]
+    predictions: BinnedReference | None = None
+    sample_size: int = 0
+
+
+class GateCheck(Struct, frozen=True):
+    gate: Literal["absolute", "relative"]
+    metric: str
+    passed: bool
+    candidate: float | None
+    threshold: float | None = None
+    production: float | None = None
+    production_version: int | None = None
+    detail: str = ""
+
+
+class ValidationRecord(Struct, frozen=True):
+    passed: bool
+    checks: list[GateCheck]
+    holdout_digest: str | None = None
+    tolerance: float = 0.0
+
+
+class VersionManifest(Struct, frozen=True):
+    name: str
+    version: int
+    created_at: str
+    identity: str  # sha256 of (artifact digest, lineage without environment/time): dedup key
+    artifact: ArtifactInfo
+    lineage: Lineage
+    signature: InputSignature
+    metrics: dict[str, float] = {}
+    reference: ReferenceStats | None = None
+    warmup: list[list[float]] = []
+    tags: list[str] = []
+    parent: int | None = None
+    validation: ValidationRecord | None = None
+
+
+class StagePointer(Struct, frozen=True):
+    version: int | None  # None: the stage was cleared
+    artifact_digest: str
+    updated_at: str
+    actor: str
+    reason: str
+    previous_version: int | None = None
+    move_id: str = ""
+
+
+class Event(Struct, frozen=True):
+    seq: int
+    kind: str
+    time: str
+    id: str
+    prev_digest: str | None  # sha256 of the previous event's stored bytes: an edited history shows
+    actor: str = ""
+    reason: str = ""
+    stage: str | None = None
+    version: int | None = None
+    from_version: int | None = None
+    details: dict[str, Any] = {}
+
+
+encoder = msgspec.json.Encoder(order="sorted")
+
+
+def encode(obj: Any) -> bytes:
+    """Canonical JSON (sorted keys) so identical content gives identical bytes and digests."""
+    return encoder.encode(obj)

@@ -1,0 +1,1 @@
+"""inferloop trainer: the training run as the build step (imports `registry`)."""
