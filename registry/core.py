@@ -306,12 +306,30 @@ class AsyncRegistry:
                                     stage=stage, version=current_version)
         return pointer
 
+    async def clear(self, name: str, stage: str, *, actor: str = "", reason: str = "",
+                    expected_version: Any = _ANY) -> StagePointer | None:
+        """Empty a stage (e.g. stop shadowing). The pointer stays, with version None; its history is kept."""
+        check_stage(stage)
+        current, etag = await self._read_pointer(name, stage)
+        current_version = current.version if current else None
+        if expected_version is not _ANY and expected_version != current_version:
+            raise Conflict(f"{name} {stage} is at version {current_version}, not {expected_version}")
+        if current is None or current_version is None:
+            return None
+        pointer = Pointer(version=None, artifact_digest="", updated_at=utcnow(), actor=actor, reason=reason,
+                          previous_version=current_version, move_id=uuid.uuid4().hex,
+                          history=[*current.history, current_version][-POINTER_HISTORY:])
+        await self.store.put_if_match(layout.stage(name, stage), encode(pointer), etag)
+        await self.append_event(name, "cleared", actor=actor, reason=reason, stage=stage,
+                                from_version=current_version, details={"move_id": pointer.move_id})
+        return pointer
+
     async def rollback(self, name: str, stage: str, *, to_version: int | str | None = None, actor: str = "",
                        reason: str = "") -> StagePointer:
         """Re-promote the version before the current one (walking back one move per call), or a named one."""
         check_stage(stage)
         current, _ = await self._read_pointer(name, stage)
-        if current is None or current.version is None:
+        if current is None:
             raise NotFound(f"{name} has no {stage} pointer to roll back")
         history = list(current.history)
         if to_version is None:

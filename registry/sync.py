@@ -72,6 +72,9 @@ class Registry:
     def promote(self, name: str, version: int | str, stage: str = "staging", **kwargs: Any) -> StagePointer:
         return self._run(self.core.promote(name, version, stage, **kwargs))
 
+    def clear(self, name: str, stage: str, **kwargs: Any) -> StagePointer | None:
+        return self._run(self.core.clear(name, stage, **kwargs))
+
     def rollback(self, name: str, stage: str = "production", **kwargs: Any) -> StagePointer:
         return self._run(self.core.rollback(name, stage, **kwargs))
 

@@ -265,3 +265,20 @@ def test_listing_is_paged(reg: Registry) -> None:
     assert reg.list_models() == ["m", "other"]
     assert reg.list_models(start_after="m") == ["other"]
     assert reg.latest_version("m") == 5
+
+
+def test_clearing_a_stage_keeps_history_and_polls_as_empty(reg: Registry, registry_uri: str) -> None:
+    v1 = register_tiny(reg, "m", 1)
+    reg.promote("m", v1, "shadow", actor="t")
+    state = asyncio.run(_poll(registry_uri, None))
+    assert state.pointer.version == v1
+    reg.clear("m", "shadow", actor="t", reason="stop shadowing")
+    assert reg.get_pointer("m", "shadow") is None
+    assert asyncio.run(_poll(registry_uri, state.etag)).pointer is None
+    assert reg.rollback("m", "shadow").version == v1  # rollback of a clear restores it
+    assert [e.kind for e in reg.history("m")][-2:] == ["cleared", "rolled_back"]
+
+
+async def _poll(uri: str, etag):
+    async with AsyncRegistry.open(uri) as core:
+        return await core.poll_pointer("m", "shadow", etag)
