@@ -15,7 +15,7 @@ import asyncio
 import hashlib
 import random
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -74,7 +74,11 @@ class AsyncRegistry:
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
         self.uri = store.uri
-        self._event_head: dict[str, int] = {}
+        # Hints only (the store is the truth): last known event (seq, digest) and version per model,
+        # so appends and allocations start probing where the last one ended.
+        self._event_tail: dict[str, tuple[int, str]] = {}
+        self._version_head: dict[str, int] = {}
+        self._logged_moves: set[str] = set()  # move ids this process has logged itself
 
     @classmethod
     def open(cls, uri: str, *, s3_endpoint: str | None = None) -> AsyncRegistry:
@@ -134,7 +138,9 @@ class AsyncRegistry:
 
     async def latest_version(self, name: str) -> int:
         check_model_name(name)
-        return await self._last_number(lambda n: layout.manifest(name, n))
+        latest = await self._last_number(lambda n: layout.manifest(name, n), self._version_head.get(name, 0))
+        self._version_head[name] = latest
+        return latest
 
     # -- manifests ----------------------------------------------------------------------------
     async def get_manifest(self, name: str, version: int | str) -> VersionManifest:
@@ -176,10 +182,10 @@ class AsyncRegistry:
             "artifact": info.digest, "spec": info.spec, "code": lineage.code, "data": lineage.data,
             "params": lineage.params, "seed": lineage.seed, "world_size": lineage.world_size,
         }))
-        existing = await self._find_identity(name, identity)
+        existing, latest = await self._find_identity(name, identity)
         if existing is not None:
             return existing, False
-        number = await self.latest_version(name) + 1
+        number = latest + 1
         while True:
             manifest = VersionManifest(
                 name=name, version=number, created_at=utcnow(), identity=identity, artifact=info,
@@ -188,6 +194,7 @@ class AsyncRegistry:
             )
             try:
                 await self.store.put_if_absent(layout.manifest(name, number), encode(manifest))
+                self._version_head[name] = number
                 break
             except Conflict:
                 number += 1  # another writer took this number: try the next
@@ -200,11 +207,12 @@ class AsyncRegistry:
                                 details={"artifact_digest": digest, "identity": identity, "tags": manifest.tags})
         return manifest, True
 
-    async def _find_identity(self, name: str, identity: str) -> VersionManifest | None:
+    async def _find_identity(self, name: str, identity: str) -> tuple[VersionManifest | None, int]:
+        """The version registered with this identity, if any, and the latest version number."""
         try:
             obj = await self.store.get(layout.identity(name, identity))
             version = _decode(obj.data, dict, "identity index")["version"]
-            return await self.get_manifest(name, version)
+            return await self.get_manifest(name, version), 0
         except NotFound:
             pass
         # A writer killed between its manifest and the index leaves the newest manifest unindexed.
@@ -216,8 +224,8 @@ class AsyncRegistry:
                     await self.store.put_if_absent(layout.identity(name, identity), encode({"version": latest}))
                 except Conflict:
                     pass
-                return manifest
-        return None
+                return manifest, latest
+        return None, latest
 
     async def list_models(self, start_after: str = "", limit: int = 100) -> list[str]:
         return await self.store.list_children(layout.MODELS, start_after, limit)
@@ -274,11 +282,11 @@ class AsyncRegistry:
         "no pointer yet") makes the move conditional on what the caller saw; a lost race is `Conflict`."""
         check_stage(stage)
         version = check_version(version)
-        manifest = await self.get_manifest(name, version)
+        manifest, (current, etag) = await asyncio.gather(self.get_manifest(name, version),
+                                                         self._read_pointer(name, stage))
         if not await self.blob_exists(manifest.artifact.digest):
             raise NotFound(f"{name} v{version}: artifact blob {manifest.artifact.digest[:12]}… is missing; "
                            "refusing to promote")
-        current, etag = await self._read_pointer(name, stage)
         current_version = current.version if current else None
         if expected_version is not _ANY and expected_version != current_version:
             raise Conflict(f"{name} {stage} is at version {current_version}, not {expected_version}")
@@ -299,6 +307,7 @@ class AsyncRegistry:
             await self._record_move_if_missing(name, stage, current)
         await self.store.put_if_match(layout.stage(name, stage), encode(pointer), etag)
         failpoint("promote.after_pointer")
+        self._logged_moves.add(pointer.move_id)
         await self.append_event(name, kind, actor=actor, reason=reason, stage=stage, version=version,
                                 from_version=current_version, details={"move_id": pointer.move_id, **(details or {})})
         if stage == "production" and current_version is not None:
@@ -347,38 +356,45 @@ class AsyncRegistry:
     async def append_event(self, name: str, kind: str, **fields: Any) -> Event:
         check_model_name(name)
         for attempt in range(100):
-            seq = await self._last_number(lambda n: layout.event(name, n), self._event_head.get(name, 0))
-            prev = None
-            if seq:
-                prev = sha256((await self.store.get(layout.event(name, seq))).data)
+            cached = self._event_tail.get(name)
+            if cached and not await self.store.exists(layout.event(name, cached[0] + 1)):
+                seq, prev = cached  # nobody appended since our last write: no need to re-read the tail
+            else:
+                seq = await self._last_number(lambda n: layout.event(name, n), cached[0] if cached else 0)
+                prev = sha256((await self.store.get(layout.event(name, seq))).data) if seq else None
             event = Event(seq=seq + 1, kind=kind, time=utcnow(), id=uuid.uuid4().hex[:12], prev_digest=prev, **fields)
+            data = encode(event)
             try:
-                await self.store.put_if_absent(layout.event(name, seq + 1), encode(event))
+                await self.store.put_if_absent(layout.event(name, seq + 1), data)
             except Conflict:
+                self._event_tail.pop(name, None)
                 await asyncio.sleep(random.uniform(0, 0.005 * min(attempt + 1, 20)))
                 continue
-            self._event_head[name] = seq + 1
+            self._event_tail[name] = (seq + 1, sha256(data))
             return event
         raise Conflict(f"could not append a {kind} event to {name}: too much contention")
 
-    async def _recent_events(self, name: str, count: int) -> list[Event]:
-        head = await self._last_number(lambda n: layout.event(name, n), self._event_head.get(name, 0))
-        out = []
+    async def _recent_events(self, name: str, count: int) -> AsyncIterator[Event]:
+        """The newest `count` events, newest first, read lazily."""
+        cached = self._event_tail.get(name)
+        head = await self._last_number(lambda n: layout.event(name, n), cached[0] if cached else 0)
         for seq in range(head, max(head - count, 0), -1):
-            out.append(_decode((await self.store.get(layout.event(name, seq))).data, Event, f"event {seq}"))
-        return out
+            yield _decode((await self.store.get(layout.event(name, seq))).data, Event, f"event {seq}")
 
     async def _record_move_if_missing(self, name: str, stage: str, pointer: Pointer) -> None:
         """A writer killed between moving a pointer and logging it leaves a move with no event:
         the next mover records it (from the pointer, which holds actor, reason and time)."""
-        recent = await self._recent_events(name, 32)
-        for event in recent:
+        if pointer.move_id in self._logged_moves:
+            return
+        oldest_seen = None
+        async for event in self._recent_events(name, 32):
             if event.details.get("move_id") == pointer.move_id:
                 return
-            if event.stage == stage and event.kind in ("promoted", "rolled_back"):
+            if event.stage == stage and event.kind in ("promoted", "rolled_back", "cleared"):
                 break  # an older move of this stage is logged but this one is not
+            oldest_seen = event.seq
         else:
-            if recent and recent[-1].seq != 1:
+            if oldest_seen != 1:
                 return  # not seen within the recent window: assume it was logged long ago
         await self.append_event(name, "promoted", actor=pointer.actor, reason=pointer.reason, stage=stage,
                                 version=pointer.version, from_version=pointer.previous_version,
