@@ -7,7 +7,7 @@ same PSI over all replicas (docs/drift.md).
 
 PSI = Σ (aᵢ − eᵢ)·ln(aᵢ/eᵢ) over the value bins plus the missing-value bin. Empty bins are smoothed
 by adding 0.5 to every count on both sides (a tiny epsilon would let one empty bin trip any
-threshold); a bin empty in both the window and the reference (usually "missing") is skipped.
+threshold). The same arithmetic runs in PromQL over summed counters (docs/drift.md).
 Under no drift n·PSI is roughly χ²(k−1)·(1 + n/M), so its mean — the noise floor reported next to
 every value — is about (k−1)(1/n + 1/M).
 """
@@ -54,12 +54,16 @@ class DriftConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 def psi(actual_counts: np.ndarray, expected_fractions: np.ndarray, expected_total: int) -> float:
     """PSI of one feature's window counts against the reference, with +0.5 smoothing on both sides."""
     a = np.asarray(actual_counts, dtype=np.float64)
-    e_counts = np.asarray(expected_fractions, dtype=np.float64) * max(expected_total, 1)
-    keep = (a > 0) | (e_counts > 0)
-    a, e_counts = a[keep], e_counts[keep]
     a = (a + SMOOTHING) / (a.sum() + SMOOTHING * a.size)
-    e = (e_counts + SMOOTHING) / (e_counts.sum() + SMOOTHING * e_counts.size)
+    e = smoothed_expected(expected_fractions, expected_total)
     return float(np.sum((a - e) * np.log(a / e)))
+
+
+def smoothed_expected(expected_fractions: np.ndarray, expected_total: int) -> np.ndarray:
+    """Reference fractions with the same +0.5 smoothing; exported as
+    `inferloop_feature_reference_fraction` so a PromQL rule reproduces `psi` exactly."""
+    e = np.asarray(expected_fractions, dtype=np.float64) * max(expected_total, 1)
+    return (e + SMOOTHING) / (e.sum() + SMOOTHING * e.size)
 
 
 def noise_floor(bins: int, n: int, m: int) -> float:

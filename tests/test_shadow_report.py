@@ -13,9 +13,8 @@ def _offline_psi(p: np.ndarray, s: np.ndarray) -> float:
     edges = np.unique(np.quantile(p, np.linspace(0, 1, 11)[1:-1]))
     cp = np.bincount(np.digitize(p, edges), minlength=len(edges) + 1).astype(float)
     cs = np.bincount(np.digitize(s, edges), minlength=len(edges) + 1).astype(float)
-    keep = (cp > 0) | (cs > 0)
-    a = (cs[keep] + 0.5) / (cs[keep] + 0.5).sum()
-    e = (cp[keep] + 0.5) / (cp[keep] + 0.5).sum()
+    a = (cs + 0.5) / (cs + 0.5).sum()
+    e = (cp + 0.5) / (cp + 0.5).sum()
     return float(np.sum((a - e) * np.log(a / e)))
 
 
