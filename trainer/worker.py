@@ -1,0 +1,57 @@
+"""torchrun entry point: `python -m torch.distributed.run ... -m trainer.worker REQUEST.json`.
+
+Each rank joins the process group (gloo on CPU, NCCL on CUDA) and runs the same `execute`; rank 0
+writes a `WorkerResult` to $INFERLOOP_RESULT_PATH. A handled error on rank 0 is written there and
+rank 0 exits 0 (so torchrun adds no report of its own); on another rank it exits 1 so that torchrun
+stops the group instead of leaving rank 0 waiting.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+from pathlib import Path
+
+import msgspec
+
+from registry import RegistryError
+
+from .errors import TrainerError
+from .fit import DistInfo, resolve_device
+from .launcher import WorkerResult
+from .pipeline import BuildRequest, execute, stderr_progress
+
+
+def main(argv: list[str]) -> int:
+    import torch
+    import torch.distributed as dist
+
+    request = msgspec.json.decode(Path(argv[0]).read_bytes(), type=BuildRequest)
+    info = DistInfo(rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]),
+                    local_rank=int(os.environ["LOCAL_RANK"]))
+    result_path = Path(os.environ["INFERLOOP_RESULT_PATH"])
+
+    def report(result: WorkerResult) -> None:
+        if info.is_main:
+            result_path.write_bytes(msgspec.json.encode(result))
+
+    try:
+        device = resolve_device(request.spec.device, info)
+        if device.startswith("cuda"):
+            torch.cuda.set_device(info.local_rank)
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", timeout=dt.timedelta(minutes=10))
+        try:
+            summary = execute(request, info, progress=stderr_progress)
+        finally:
+            dist.destroy_process_group()
+    except (TrainerError, RegistryError) as exc:
+        report(WorkerResult(error=str(exc)))
+        return 0 if info.is_main else 1
+    if summary is not None:
+        report(WorkerResult(summary=summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
