@@ -1,0 +1,204 @@
+"""Runs retrain jobs: one at a time per model, each in its own process with a timeout.
+
+A job is `inferloop train --policy FILE --json` in a new session (process group): a crash, a hang or
+a kill of the training cannot take the service down, and a timeout or shutdown kills the whole group
+(torchrun workers included). Its stderr is the job log; its stdout is the JSON build summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from .jobs import ACTIVE, Job, JobStore, RequestRecord, RetrainRequest, new_job_id, utcnow
+from .pipeline import EXIT_GATE_FAILED, EXIT_OK, BuildSummary
+
+log = logging.getLogger("inferloop.trainer")
+
+Outcome = Literal["created", "coalesced", "duplicate"]
+
+
+class UnknownModel(LookupError):
+    pass
+
+
+class JobRunner:
+    def __init__(self, store: JobStore, policies: dict[str, Path], *, registry: str, s3_endpoint: str | None = None,
+                 job_timeout_s: float = 3600.0, max_parallel: int = 1,
+                 on_finished: Callable[[Job, float | None], None] | None = None) -> None:
+        self.store = store
+        self.policies = policies
+        self.registry = registry
+        self.s3_endpoint = s3_endpoint
+        self.job_timeout_s = job_timeout_s
+        self._slots = asyncio.Semaphore(max_parallel)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._procs: dict[str, asyncio.subprocess.Process] = {}
+        self._on_finished = on_finished
+        self._started = False
+        self._stopping = False
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Recover from the previous run, then run queued jobs."""
+        for job in list(self.store.jobs.values()):
+            if job.state == "running":
+                _kill_orphan(job)
+                self._finish(job, "failed", error="interrupted: the trainer service stopped while the job ran")
+        self._started = True
+        for job in sorted(self.store.jobs.values(), key=lambda j: (j.created_at, j.id)):
+            if job.state == "queued":
+                self._spawn(job)
+
+    async def stop(self) -> None:
+        """Kill running jobs (recorded as interrupted); queued jobs stay queued for the next start."""
+        self._stopping = True
+        for job_id, proc in list(self._procs.items()):
+            _killpg(proc.pid)
+            log.warning("job %s interrupted by shutdown", job_id)
+        for task in list(self._tasks.values()):
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    @property
+    def running(self) -> int:
+        return sum(1 for j in self.store.jobs.values() if j.state == "running")
+
+    @property
+    def queued(self) -> int:
+        return sum(1 for j in self.store.jobs.values() if j.state == "queued")
+
+    # -- requests -------------------------------------------------------------------------------
+    def submit(self, request: RetrainRequest) -> tuple[Job, Outcome]:
+        """The job for this request: the key's job if seen before, else the model's active job (the
+        request is coalesced into it), else a new queued job."""
+        if request.idempotency_key and request.idempotency_key in self.store.by_key:
+            return self.store.jobs[self.store.by_key[request.idempotency_key]], "duplicate"
+        if request.model not in self.policies:
+            raise UnknownModel(f"no policy for model {request.model!r} (known: {', '.join(sorted(self.policies))})")
+        active_id = self.store.active.get(request.model)
+        if active_id is not None:
+            job = self.store.jobs[active_id]
+            job.requests.append(RequestRecord.of(request, coalesced=True))
+            self.store.save(job)
+            return job, "coalesced"
+        job = Job(id=new_job_id(), model=request.model, state="queued", created_at=utcnow(),
+                  policy=str(self.policies[request.model]),
+                  requests=[RequestRecord.of(request)])
+        self.store.save(job)
+        if self._started and not self._stopping:
+            self._spawn(job)
+        return job, "created"
+
+    # -- running --------------------------------------------------------------------------------
+    def _spawn(self, job: Job) -> None:
+        task = asyncio.get_running_loop().create_task(self._run(job), name=f"job-{job.id}")
+        self._tasks[job.id] = task
+        task.add_done_callback(lambda _t, job_id=job.id: self._tasks.pop(job_id, None))
+
+    def _command(self, job: Job) -> list[str]:
+        cmd = [sys.executable, "-m", "inferloop.cli", "train", "--policy", job.policy, "--registry", self.registry,
+               "--json", "--actor", f"trainer-service:{job.id}", "--reason", job.reason or job.trigger,
+               "--trigger", job.trigger, "--job-id", job.id]
+        return cmd + (["--s3-endpoint", self.s3_endpoint] if self.s3_endpoint else [])
+
+    async def _run(self, job: Job) -> None:
+        async with self._slots:
+            if self._stopping:
+                return
+            job.state, job.started_at = "running", utcnow()
+            started = time.monotonic()
+            log_path, summary_path = self.store.log_path(job.id), self.store.summary_path(job.id)
+            with open(log_path, "ab") as log_fh, open(summary_path, "wb") as out_fh:
+                try:
+                    proc = await asyncio.create_subprocess_exec(
+                        *self._command(job), stdout=out_fh, stderr=log_fh, start_new_session=True,
+                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                except OSError as exc:
+                    self._finish(job, "failed", error=f"cannot start the job process: {exc}")
+                    return
+                job.pid = proc.pid
+                self.store.save(job)
+                self._procs[job.id] = proc
+                log.info("job %s (%s) started: pid %d", job.id, job.model, proc.pid)
+                try:
+                    code = await asyncio.wait_for(proc.wait(), self.job_timeout_s)
+                except TimeoutError:
+                    _killpg(proc.pid)
+                    await proc.wait()
+                    self._finish(job, "failed", error=f"timed out after {self.job_timeout_s:g} s: killed",
+                                 seconds=time.monotonic() - started)
+                    return
+                except asyncio.CancelledError:  # shutdown: stop() killed the group
+                    with contextlib.suppress(ProcessLookupError):
+                        _killpg(proc.pid)
+                    self._finish(job, "failed", error="interrupted: the trainer service stopped while the job ran")
+                    raise
+                finally:
+                    self._procs.pop(job.id, None)
+            self._record_exit(job, code, time.monotonic() - started)
+
+    def _record_exit(self, job: Job, code: int, seconds: float) -> None:
+        job.exit_code = code
+        summary = None
+        try:
+            raw = self.store.summary_path(job.id).read_bytes()
+            if raw.strip():
+                summary = msgspec.json.decode(raw, type=BuildSummary)
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+            summary = None
+        if summary is not None:
+            job.version, job.digest, job.verdict = summary.version, summary.digest, summary.verdict
+            job.promoted, job.metrics = summary.promoted, summary.metrics
+        if code == EXIT_OK and summary is not None:
+            self._finish(job, "succeeded", seconds=seconds)
+        elif code == EXIT_GATE_FAILED and summary is not None:
+            self._finish(job, "gate_failed", seconds=seconds)
+        elif code < 0:
+            self._finish(job, "failed", error=f"job process killed by signal {signal.Signals(-code).name}",
+                         seconds=seconds)
+        else:
+            self._finish(job, "failed", error=self._error_line(job.id) or f"job process exited with code {code}",
+                         seconds=seconds)
+
+    def _error_line(self, job_id: str) -> str | None:
+        for line in reversed(self.store.log_tail(job_id, 20)):
+            if line.startswith("inferloop: error: "):
+                return line[len("inferloop: error: "):]
+        return None
+
+    def _finish(self, job: Job, state: Literal["succeeded", "gate_failed", "failed"], *, error: str | None = None,
+                seconds: float | None = None) -> None:
+        assert state not in ACTIVE
+        job.state, job.finished_at, job.error = state, utcnow(), error
+        self.store.save(job)
+        log.info("job %s (%s) %s%s", job.id, job.model, state, f": {error}" if error else "")
+        if self._on_finished is not None:
+            self._on_finished(job, seconds)
+
+
+def _killpg(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _kill_orphan(job: Job) -> None:
+    """A job process left running by a service that died: kill it if that pid is still our job."""
+    if job.pid is None:
+        return
+    try:
+        cmdline = Path(f"/proc/{job.pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return
+    if job.id.encode() in cmdline:
+        _killpg(job.pid)
