@@ -1,0 +1,35 @@
+"""The Litestar app factory. Everything an app owns hangs off its `DataPlane` (`app.state.plane`)
+and its own Prometheus registry, so two apps in one process (tests) share nothing."""
+
+from __future__ import annotations
+
+from litestar import Litestar
+
+from .admin_auth import AdminGuard
+from .dataplane import DataPlane
+from .device import DeviceMemory
+from .endpoints import build_routes
+from .error_responses import error_response
+from .lifespan import batchers, device_executors, frozen_heap, registry_client, stages_and_pollers
+from .metrics import GatewayMetrics
+from .settings import GatewaySettings
+
+
+def create_app(settings: GatewaySettings, *, memory: DeviceMemory | None = None) -> Litestar:
+    """`memory` reports a device's free bytes; tests pass one with a small budget to exercise the
+    memory-safe swap order on machines without a GPU."""
+    metrics = GatewayMetrics()
+    plane = DataPlane(settings, metrics, memory or DeviceMemory())
+    metrics.add_live_state(plane.live_state)
+    app = Litestar(
+        route_handlers=build_routes(plane, AdminGuard(settings.server.admin_token)),
+        lifespan=[registry_client(plane), device_executors(plane), stages_and_pollers(plane), batchers(plane),
+                  frozen_heap(plane)],
+        exception_handlers={Exception: error_response},
+        request_max_body_size=settings.server.max_body_bytes,
+        openapi_config=None,
+        logging_config=None,
+        debug=False,
+    )
+    app.state.plane = plane
+    return app

@@ -1,0 +1,112 @@
+"""`inferloop serve`: run the gateway under uvicorn (uvloop + httptools).
+
+Kept light at import: `inferloop --help` imports this module for its flags, and torch, Litestar
+and uvicorn load only when the server starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import socket
+from pathlib import Path
+
+from registry import DEFAULT_REGISTRY_URI
+
+
+def register_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve models over HTTP with hot swap (Open Inference Protocol v2)",
+                       description="Serve the production version of each --model; swap versions when the "
+                                   "registry pointer moves. Flags override INFERLOOP_* environment variables.")
+    p.add_argument("--registry", help=f"registry URI (env INFERLOOP_REGISTRY, default {DEFAULT_REGISTRY_URI})")
+    p.add_argument("--s3-endpoint", help="S3 endpoint URL (env AWS_ENDPOINT_URL)")
+    p.add_argument("--model", action="append", metavar="NAME",
+                   help="model to serve; repeat for several (env INFERLOOP_MODELS, comma-separated)")
+    p.add_argument("--host", help="interface (env INFERLOOP_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (env INFERLOOP_PORT, default 8000)")
+    p.add_argument("--fd", type=int, help="serve on this already-bound socket file descriptor (env INFERLOOP_FD)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (env INFERLOOP_DEVICE, default auto)")
+    p.add_argument("--poll-interval", type=float, metavar="S",
+                   help="seconds between pointer polls (env INFERLOOP_POLL_INTERVAL, default 2)")
+    p.add_argument("--max-batch-size", type=int, metavar="N",
+                   help="rows per forward pass at most (env INFERLOOP_MAX_BATCH_SIZE, default 64)")
+    p.add_argument("--max-batch-delay-ms", type=float, metavar="D",
+                   help="longest wait for a batch to fill (env INFERLOOP_MAX_BATCH_DELAY_MS, default 2)")
+    p.add_argument("--batching", choices=["on", "off"], help="micro-batching (env INFERLOOP_BATCHING, default on)")
+    p.add_argument("--cache-versions", type=int, metavar="N",
+                   help="versions kept loaded for instant rollback (env INFERLOOP_CACHE_VERSIONS, default 2)")
+    p.add_argument("--cache-dir", help="local verified blob copies ('' for none; env INFERLOOP_CACHE_DIR, "
+                                       "default .inferloop/gateway-cache)")
+    p.add_argument("--max-body-bytes", type=int, metavar="N",
+                   help="largest request body (env INFERLOOP_MAX_BODY_BYTES, default 8 MiB)")
+    p.add_argument("--max-request-rows", type=int, metavar="N",
+                   help="most rows per request (env INFERLOOP_MAX_REQUEST_ROWS, default 1024)")
+    p.add_argument("--torch-threads", type=int, metavar="N", help="torch intra-op threads (env INFERLOOP_TORCH_THREADS)")
+    p.add_argument("--admin-token-file", type=Path, metavar="FILE",
+                   help="file holding the admin bearer token (else env INFERLOOP_ADMIN_TOKEN; none: admin disabled)")
+    p.add_argument("--graceful-timeout", type=float, metavar="S",
+                   help="on SIGTERM, time allowed for in-flight requests (env INFERLOOP_GRACEFUL_TIMEOUT, default 30)")
+    p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"],
+                   help="env INFERLOOP_LOG_LEVEL, default info")
+    p.add_argument("--access-log", action="store_const", const=True, help="log every request (env INFERLOOP_ACCESS_LOG)")
+    p.add_argument("--no-gc-freeze", dest="gc_freeze", action="store_const", const=False,
+                   help="do not freeze start-up objects out of the garbage collector (env INFERLOOP_GC_FREEZE=0)")
+
+
+def _flags(args: argparse.Namespace) -> dict[str, object]:
+    from inferloop.cli import UsageError
+
+    flags = dict(vars(args))
+    if flags.get("batching") is not None:
+        flags["batching"] = flags["batching"] == "on"
+    token_file = flags.pop("admin_token_file", None)
+    if token_file is not None:
+        try:
+            flags["admin_token"] = Path(token_file).read_text().strip() or None
+        except OSError as exc:
+            raise UsageError(f"cannot read --admin-token-file: {exc}") from None
+    return flags
+
+
+def run(args: argparse.Namespace) -> int:
+    from inferloop.cli import UsageError
+    from registry import AsyncRegistry
+    from registry.names import check_model_name
+
+    from .settings import SettingsError, resolve_settings
+
+    try:
+        settings = resolve_settings(_flags(args))
+    except SettingsError as exc:
+        raise UsageError(str(exc)) from None
+    if not settings.models:
+        raise UsageError("nothing to serve: pass --model NAME (or set INFERLOOP_MODELS)")
+    for name in settings.models:
+        check_model_name(name)
+    AsyncRegistry.open(settings.registry.uri, s3_endpoint=settings.registry.s3_endpoint)  # a bad URI fails here
+
+    import uvicorn
+
+    from .app import create_app
+    from .device import DeviceUnavailable, resolve_device
+
+    try:
+        resolve_device(settings.runtime.device)
+    except DeviceUnavailable as exc:
+        raise UsageError(str(exc)) from None
+    logging.basicConfig(level=settings.server.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    server = settings.server
+    config = uvicorn.Config(
+        create_app(settings), host=server.host, port=server.port, loop="uvloop", http="httptools",
+        lifespan="on", access_log=server.access_log, log_level=server.log_level,
+        timeout_graceful_shutdown=server.graceful_timeout_s, log_config=None,
+    )
+    # uvicorn finishes in-flight requests on SIGTERM, then re-raises the signal; this handler turns
+    # that re-raise into a normal exit (status 0) instead of death by signal.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    uv = uvicorn.Server(config)
+    # an inherited listening socket (socket activation, tests): its family is read from the descriptor
+    uv.run(sockets=[socket.socket(fileno=server.fd)] if server.fd is not None else None)
+    return 0 if uv.started else 1

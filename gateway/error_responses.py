@@ -1,0 +1,85 @@
+"""The one place where errors become HTTP: status codes for domain errors (gateway and registry),
+bodies in the Open Inference Protocol's error shape `{"error": "..."}`.
+
+Framework errors (unknown route, wrong method, body over the size limit) get the same shape, so a
+client never has to parse two kinds of error body. Unexpected exceptions are logged with their
+traceback and answered 500 without internal detail.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from litestar import Response
+from litestar.exceptions import HTTPException
+
+from registry import Conflict, CorruptArtifact, InvalidName, NotFound, Unavailable, UnsupportedArtifact
+
+from .errors import (
+    AdminDisabled,
+    InferenceFailed,
+    InvalidInput,
+    LoadFailed,
+    ModelNotReady,
+    Unauthorized,
+    UnknownModel,
+    UnsupportedMediaType,
+)
+from .headers import request_id_of
+from .protocol import encode
+
+if TYPE_CHECKING:
+    from litestar import Request
+
+log = logging.getLogger("inferloop.gateway")
+
+STATUS: tuple[tuple[type[BaseException], int], ...] = (
+    (InvalidInput, 400),
+    (InvalidName, 400),
+    (UnsupportedArtifact, 400),
+    (Unauthorized, 401),
+    (AdminDisabled, 403),
+    (UnknownModel, 404),
+    (NotFound, 404),
+    (Conflict, 409),
+    (UnsupportedMediaType, 415),
+    (InferenceFailed, 500),
+    (LoadFailed, 502),
+    (CorruptArtifact, 502),
+    (ModelNotReady, 503),
+    (Unavailable, 503),
+)
+
+
+def status_for(exc: BaseException) -> int:
+    if isinstance(exc, HTTPException):
+        return exc.status_code
+    for kind, status in STATUS:
+        if isinstance(exc, kind):
+            return status
+    return 500
+
+
+def message_for(exc: BaseException, status: int) -> str:
+    if isinstance(exc, HTTPException):
+        if status == 413:
+            return "request body is larger than the configured limit (--max-body-bytes)"
+        return str(exc.detail)
+    if status == 500 and not isinstance(exc, InferenceFailed):
+        return "internal server error"
+    return str(exc)
+
+
+def error_response(request: Request, exc: Exception) -> Response[bytes]:
+    """Litestar exception handler for every exception type."""
+    status = status_for(exc)
+    if status == 500 and not isinstance(exc, InferenceFailed):
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    headers = {"x-request-id": request_id_of(request.scope)}
+    if status == 401:
+        headers["www-authenticate"] = 'Bearer realm="inferloop-admin"'
+    if isinstance(exc, HTTPException) and exc.headers:
+        headers.update(exc.headers)
+    return Response(encode({"error": message_for(exc, status)}), status_code=status, headers=headers,
+                    media_type="application/json")

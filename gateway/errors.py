@@ -1,0 +1,54 @@
+"""Gateway errors. Like the registry's, they carry no HTTP: `gateway.error_responses` maps them.
+
+    GatewayError
+    ├── InvalidInput          a request we cannot run: malformed body, wrong shape or datatype, NaN/Inf
+    ├── UnsupportedMediaType  a Content-Type other than JSON (or the binary tensor extension)
+    ├── UnknownModel          a model this gateway is not configured to serve
+    ├── ModelNotReady         a configured model with no version loaded for the stage (yet)
+    ├── AdminDisabled         no admin token is configured, so admin calls are refused
+    ├── Unauthorized          a missing or wrong bearer token
+    ├── LoadFailed            a version could not be fetched, loaded or warmed up (never served)
+    └── InferenceFailed       the forward pass itself failed: a server fault, not the request's
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base of every error raised by the gateway's own code."""
+
+
+class InvalidInput(GatewayError, ValueError):
+    pass
+
+
+class UnsupportedMediaType(GatewayError):
+    pass
+
+
+class UnknownModel(GatewayError, LookupError):
+    pass
+
+
+class ModelNotReady(GatewayError):
+    pass
+
+
+class AdminDisabled(GatewayError):
+    pass
+
+
+class Unauthorized(GatewayError):
+    pass
+
+
+class LoadFailed(GatewayError):
+    """`phase` says where it failed: fetch, memory, load, warmup."""
+
+    def __init__(self, message: str, phase: str) -> None:
+        super().__init__(message)
+        self.phase = phase
+
+
+class InferenceFailed(GatewayError):
+    pass

@@ -1,0 +1,177 @@
+"""Gateway settings: one frozen struct per concern, resolved in one place.
+
+Every value comes from its command-line flag, else its `INFERLOOP_*` environment variable, else the
+struct's default (`resolve_settings`). Structs forbid unknown fields, so a typo in a settings file
+or a test is an error, not a silently ignored knob.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from registry import DEFAULT_REGISTRY_URI
+
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Base of every settings struct."""
+
+
+class ServerSettings(Settings, frozen=True):
+    host: str = "127.0.0.1"
+    """Interface to listen on."""
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
+    """TCP port (0: any free port)."""
+    fd: int | None = None
+    """Serve on an already bound listening socket with this file descriptor (socket activation, tests)."""
+    max_body_bytes: PositiveInt = 8 * 1024 * 1024
+    """Largest request body accepted; larger gets 413 before it is read in full."""
+    max_request_rows: PositiveInt = 1024
+    """Most rows one inference request may carry."""
+    admin_token: str | None = None
+    """Bearer token for /admin; unset disables every admin endpoint (they answer 403)."""
+    admin_wait_s: Positive = 30.0
+    """How long an admin promote/rollback waits for this gateway to serve the new version."""
+    graceful_timeout_s: Positive = 30.0
+    """On SIGTERM, how long in-flight requests may take before connections are closed."""
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    access_log: bool = False
+    """Per-request access log lines (off by default: they cost throughput)."""
+    gc_freeze: bool = True
+    """Move start-up objects (torch's ~200k) out of the collector's reach, so full collections stay
+    short and do not stall queued requests (measured: p99 87 ms -> 9 ms)."""
+
+
+class RegistrySettings(Settings, frozen=True):
+    uri: str = DEFAULT_REGISTRY_URI
+    s3_endpoint: str | None = None
+    poll_interval_s: Positive = 2.0
+    """Seconds between conditional GETs of each stage pointer."""
+    poll_jitter: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.2
+    """Each wait is poll_interval_s × (1 ± jitter), so replicas do not poll in lockstep."""
+    retry_initial_s: Positive = 1.0
+    """First back-off after a failed load or poll; doubles up to retry_max_s."""
+    retry_max_s: Positive = 60.0
+
+
+class BatchingSettings(Settings, frozen=True):
+    enabled: bool = True
+    """Off: every request runs its own forward pass (still off the event loop)."""
+    max_batch_size: PositiveInt = 64
+    """Rows per forward pass at most (a single larger request still runs as one batch)."""
+    max_delay_ms: Annotated[float, msgspec.Meta(ge=0)] = 2.0
+    """How long the first queued request waits for company before its batch runs."""
+    swap_wait_s: Positive = 30.0
+    """How long queued requests wait while a model is switched in the memory-safe order."""
+
+
+class RuntimeSettings(Settings, frozen=True):
+    device: str = "auto"
+    """auto (cuda when present), cpu, cuda or cuda:N."""
+    cache_versions: NonNegativeInt = 2
+    """Versions kept loaded besides the serving one, so a rollback swaps back without reloading."""
+    cache_dir: str | None = ".inferloop/gateway-cache"
+    """Verified local copies of artifact blobs ('' or None: keep none on disk)."""
+    cache_max_bytes: PositiveInt = 2 * 1024**3
+    torch_threads: PositiveInt | None = None
+    """torch intra-op threads (None: torch's default)."""
+    load_headroom_bytes: NonNegativeInt = 64 * 1024**2
+    """GPU memory wanted on top of a model's weights before loading it beside the serving one."""
+
+
+class GatewaySettings(Settings, frozen=True):
+    models: tuple[str, ...] = ()
+    """Model names to serve from their `production` pointers."""
+    server: ServerSettings = ServerSettings()
+    registry: RegistrySettings = RegistrySettings()
+    batching: BatchingSettings = BatchingSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
+
+
+class SettingsError(ValueError):
+    """A value that cannot be used; the message names the flag and the variable."""
+
+
+# (section, field) -> (flag destination in argparse, environment variable). One table, one order.
+SOURCES: dict[tuple[str, str], tuple[str, str]] = {
+    ("", "models"): ("model", "INFERLOOP_MODELS"),
+    ("server", "host"): ("host", "INFERLOOP_HOST"),
+    ("server", "port"): ("port", "INFERLOOP_PORT"),
+    ("server", "fd"): ("fd", "INFERLOOP_FD"),
+    ("server", "max_body_bytes"): ("max_body_bytes", "INFERLOOP_MAX_BODY_BYTES"),
+    ("server", "max_request_rows"): ("max_request_rows", "INFERLOOP_MAX_REQUEST_ROWS"),
+    ("server", "admin_token"): ("admin_token", "INFERLOOP_ADMIN_TOKEN"),
+    ("server", "admin_wait_s"): ("admin_wait", "INFERLOOP_ADMIN_WAIT"),
+    ("server", "graceful_timeout_s"): ("graceful_timeout", "INFERLOOP_GRACEFUL_TIMEOUT"),
+    ("server", "log_level"): ("log_level", "INFERLOOP_LOG_LEVEL"),
+    ("server", "access_log"): ("access_log", "INFERLOOP_ACCESS_LOG"),
+    ("server", "gc_freeze"): ("gc_freeze", "INFERLOOP_GC_FREEZE"),
+    ("registry", "uri"): ("registry", "INFERLOOP_REGISTRY"),
+    ("registry", "s3_endpoint"): ("s3_endpoint", "AWS_ENDPOINT_URL"),
+    ("registry", "poll_interval_s"): ("poll_interval", "INFERLOOP_POLL_INTERVAL"),
+    ("registry", "poll_jitter"): ("poll_jitter", "INFERLOOP_POLL_JITTER"),
+    ("registry", "retry_initial_s"): ("retry_initial", "INFERLOOP_RETRY_INITIAL"),
+    ("registry", "retry_max_s"): ("retry_max", "INFERLOOP_RETRY_MAX"),
+    ("batching", "enabled"): ("batching", "INFERLOOP_BATCHING"),
+    ("batching", "max_batch_size"): ("max_batch_size", "INFERLOOP_MAX_BATCH_SIZE"),
+    ("batching", "max_delay_ms"): ("max_batch_delay_ms", "INFERLOOP_MAX_BATCH_DELAY_MS"),
+    ("batching", "swap_wait_s"): ("swap_wait", "INFERLOOP_SWAP_WAIT"),
+    ("runtime", "device"): ("device", "INFERLOOP_DEVICE"),
+    ("runtime", "cache_versions"): ("cache_versions", "INFERLOOP_CACHE_VERSIONS"),
+    ("runtime", "cache_dir"): ("cache_dir", "INFERLOOP_CACHE_DIR"),
+    ("runtime", "cache_max_bytes"): ("cache_max_bytes", "INFERLOOP_CACHE_MAX_BYTES"),
+    ("runtime", "torch_threads"): ("torch_threads", "INFERLOOP_TORCH_THREADS"),
+    ("runtime", "load_headroom_bytes"): ("load_headroom_bytes", "INFERLOOP_LOAD_HEADROOM_BYTES"),
+}
+
+_BOOLEAN = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
+def _from_env(field: str, raw: str) -> Any:
+    if field == "models":
+        return tuple(m.strip() for m in raw.split(",") if m.strip())
+    if raw.strip().lower() in _BOOLEAN and field in ("enabled", "access_log", "gc_freeze"):
+        return _BOOLEAN[raw.strip().lower()]
+    return raw
+
+
+def resolve_settings(flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> GatewaySettings:
+    """Build settings from flags (argparse dests; None = not given), then environment, then defaults."""
+    flags = flags or {}
+    env = os.environ if env is None else env
+    tree: dict[str, Any] = {}
+    origin: dict[tuple[str, str], str] = {}
+    for (section, field), (dest, var) in SOURCES.items():
+        value = flags.get(dest)
+        if value is not None and value != [] and value != ():
+            where = f"--{dest.replace('_', '-')}"
+            value = tuple(value) if field == "models" else value
+        elif env.get(var, "") != "":
+            where, value = f"${var}", _from_env(field, env[var])
+        else:
+            continue
+        if field == "cache_dir" and value == "":
+            value = None
+        origin[(section, field)] = where
+        (tree.setdefault(section, {}) if section else tree)[field] = value
+    try:
+        # strict=False converts environment strings ("8000", "2.5", "true") to the field's type.
+        return msgspec.convert(tree, GatewaySettings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(_explain(exc, origin)) from None
+
+
+def _explain(exc: msgspec.ValidationError, origin: dict[tuple[str, str], str]) -> str:
+    message = str(exc)
+    for (section, field), where in origin.items():
+        path = f"$.{section}.{field}" if section else f"$.{field}"
+        if message.endswith(f"`{path}`") or f"`{path}[" in message:
+            return f"invalid {where}: {message.rsplit(' - at ', 1)[0]}"
+    return f"invalid settings: {message}"
