@@ -1,0 +1,46 @@
+"""The bare ceiling: the smallest Litestar + msgspec + uvicorn (uvloop, httptools) app that answers
+the gateway's OIP v2 request with the same forward. Nothing else runs per request.
+
+    python bare_app.py PORT
+"""
+
+from __future__ import annotations
+
+import sys
+
+import msgspec
+import uvicorn
+from bench_model import load, predict
+from litestar import Litestar, post
+
+MODEL = load()
+
+
+class Tensor(msgspec.Struct):
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list[float]
+
+
+class InferRequest(msgspec.Struct):
+    inputs: list[Tensor]
+
+
+class InferResponse(msgspec.Struct):
+    model_name: str
+    outputs: list[Tensor]
+
+
+@post("/v2/models/bench/infer", status_code=200, sync_to_thread=False)
+def infer(data: InferRequest) -> InferResponse:
+    t = data.inputs[0]
+    y = predict(MODEL, [t.data])
+    return InferResponse("bench", [Tensor("output-0", [len(y), 1], "FP32", y)])
+
+
+app = Litestar([infer], debug=False)
+
+if __name__ == "__main__":
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop", http="httptools",
+                log_level="warning", access_log=False)
