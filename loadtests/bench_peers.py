@@ -1,0 +1,217 @@
+"""Side by side: the gateway against the serving systems a user would pick instead, in one run,
+on the same model (float32 MLP 8→64→64→1, one set of weights) and the same single-row request.
+
+    python -m loadtests.bench_peers --setup                       # creates missing venvs, then measures
+    python -m loadtests.bench_peers --only fastapi,ray --duration 5 --runs 1
+
+Each peer runs from its own virtual environment under loadtests/.venvs/<peer> (created with
+--setup: torch==2.13.0 first, then the peer from PyPI). The bare ceiling (a minimal Litestar +
+msgspec + uvicorn handler) and the gateway run in the project's environment. wrk is pinned to CPU 0,
+the server under test (its whole process tree) to CPU 1. Per configuration: a warm-up, then --runs
+runs of --duration seconds; medians of throughput and p50/p99, the server tree's RSS after the runs,
+and every figure as a ratio to the bare ceiling measured in the same run. Writes the table to
+loadtests/RESULTS-peers.md. A server that cannot be installed or started is recorded with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .peers import configs, procs, venvs, wrk
+from .peers.configs import CONFIGS, Config, Context
+from .peers.report import Result, failures, raw_runs, table
+
+LOADGEN_CPU, SERVER_CPU = "0", "1"
+RESULTS = Path(__file__).resolve().parent / "RESULTS-peers.md"
+
+
+def prepare(work: Path, with_gateway: bool) -> tuple[Context, float]:
+    """The weights (fixed seed, safetensors), the request row, and the expected answer."""
+    import numpy as np
+    import torch
+
+    from registry.architectures import MLP
+    from registry.artifact import save_module
+
+    torch.manual_seed(0)
+    model = MLP(8, 1, [64, 64]).eval()
+    data, _ = save_module(model)
+    weights = work / "bench.safetensors"
+    weights.write_bytes(data)
+    row = [round(float(v), 4) for v in np.random.default_rng(1).normal(size=8)]
+    with torch.inference_mode():
+        expected = float(model(torch.tensor([row]))[0, 0])
+    ctx = Context(work, weights, row)
+    if with_gateway:
+        ctx.registry = work / "registry"
+        register(ctx.registry, model)
+    return ctx, expected
+
+
+def register(root: Path, model) -> None:
+    import torch
+
+    from registry import Registry
+
+    reg = Registry.open(f"file://{root}")
+    x = torch.randn(512, 8, generator=torch.Generator().manual_seed(2))
+    with reg.track("bench") as run:
+        version = run.register(model, example_inputs=x[:8], reference=x)
+    reg.promote("bench", version, "production")
+
+
+def _close(answer: object, expected: float) -> bool:
+    if isinstance(answer, bool):
+        return False
+    if isinstance(answer, (int, float)):
+        return abs(answer - expected) <= 1e-4 * max(1.0, abs(expected))
+    if isinstance(answer, dict):
+        return any(_close(v, expected) for v in answer.values())
+    if isinstance(answer, list):
+        return any(_close(v, expected) for v in answer)
+    return False
+
+
+def measure(cfg: Config, ctx: Context, expected: float, args: argparse.Namespace) -> Result:
+    result = Result(cfg)
+    work = Path(tempfile.mkdtemp(prefix=f"{cfg.peer}-", dir=ctx.work))
+    port = configs.free_port()
+    try:
+        launch = cfg.build(ctx, work, port)
+    except Exception as exc:  # a config that cannot even be prepared is a result, not a crash
+        result.error = f"could not prepare: {exc!r}"
+        return result
+    server = procs.start(launch.cmd, env=launch.env, cwd=launch.cwd, log=work / "server.log", cpu=SERVER_CPU)
+    try:
+        t0 = time.monotonic()
+        answer = procs.wait_ready(server, launch.url, launch.body, launch.headers, launch.ready_timeout)
+        if not _close(answer, expected):
+            result.error = f"wrong answer {json.dumps(answer)[:200]} (expected {expected:.6f})"
+            return result
+        print(f"  ready in {time.monotonic() - t0:.1f} s; warm-up", flush=True)
+        lua = wrk.script(work / "post.lua", launch.body, launch.headers)
+        warmup = max(args.warmup, launch.min_warmup)
+        wrk.run(launch.url, lua, duration=warmup, connections=args.connections, cpu=LOADGEN_CPU)
+        for _ in range(args.runs):
+            sample = wrk.run(launch.url, lua, duration=args.duration, connections=args.connections,
+                             cpu=LOADGEN_CPU)
+            print(f"  {sample.rps:,.0f} req/s  p50 {sample.p50_ms:.2f} ms  p99 {sample.p99_ms:.2f} ms  "
+                  f"errors {sample.errors}", flush=True)
+            result.samples.append(sample)
+        result.rss_mib = server.rss_mib()
+    except (procs.NotReady, RuntimeError, ValueError, OSError, subprocess.SubprocessError) as exc:
+        result.error = " ".join(str(exc).split())[:600]
+    finally:
+        procs.stop(server)
+        for path in launch.cleanup:
+            shutil.rmtree(path, ignore_errors=True)
+    return result
+
+
+def ensure_env(cfg: Config, setup: bool, work: Path) -> str | None:
+    """None when the config's environment is usable, else why not."""
+    if cfg.own_env or venvs.is_ready(cfg.peer, configs.PACKAGES[cfg.peer]):
+        return None
+    if not setup:
+        return f"no up-to-date venv at {venvs.VENVS / cfg.peer} (run with --setup)"
+    print(f"setting up {venvs.VENVS / cfg.peer} ...", flush=True)
+    log = work / f"setup-{cfg.peer}.log"
+    try:
+        venvs.ensure(cfg.peer, configs.PACKAGES[cfg.peer], log)
+    except subprocess.CalledProcessError:
+        tail = " ".join(log.read_text(errors="replace").splitlines()[-5:])
+        return f"install failed: {tail[-500:]}"
+    return None
+
+
+def select(only: str | None) -> list[Config]:
+    if not only:
+        return list(CONFIGS)
+    wanted = {p.strip() for p in only.split(",") if p.strip()}
+    unknown = wanted - {c.peer for c in CONFIGS}
+    if unknown:
+        raise SystemExit(f"unknown peer(s) {sorted(unknown)}; known: {sorted({c.peer for c in CONFIGS})}")
+    # the bare ceiling is always measured: every ratio is to it, in the same run
+    return [c for c in CONFIGS if c.peer in wanted or c.peer == "bare"]
+
+
+def write(path: Path, command: str, args: argparse.Namespace, results: list[Result], wall: float) -> str:
+    ceiling = next((r for r in results if r.config.peer == "bare"), None)
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())
+    text = f"""# Gateway vs peers: one run of `loadtests/bench_peers.py`
+
+```
+{command}
+```
+
+{time.strftime("%Y-%m-%d %H:%M %Z")} · {cpu} · wrk pinned to CPU {LOADGEN_CPU}, each server's process tree
+to CPU {SERVER_CPU} · {args.connections} connections · warm-up {args.warmup} s (TorchServe at least 15 s)
+then {args.runs} × {args.duration} s per configuration · medians · RSS = sum over the server's process
+tree after the runs · "vs bare" = ratio to the bare ceiling in this same run (throughput: higher is
+better; latency and memory: lower is better) · whole run {wall / 60:.1f} min.
+
+{table(results, ceiling)}
+
+## Install and configuration notes
+
+{configs.INSTALL_NOTES}
+## Per run
+
+{raw_runs(results) or "-"}
+
+## Could not run
+
+{failures(results) or "- none"}
+"""
+    path.write_text(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", help="comma-separated peers: " + ",".join(dict.fromkeys(c.peer for c in CONFIGS)))
+    p.add_argument("--duration", type=int, default=10, help="seconds per measured run (default 10)")
+    p.add_argument("--runs", type=int, default=3, help="measured runs per configuration (default 3)")
+    p.add_argument("--warmup", type=int, default=5, help="warm-up seconds (default 5)")
+    p.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
+    p.add_argument("--setup", action="store_true", help="create missing peer venvs first")
+    p.add_argument("--output", type=Path, default=RESULTS, help=f"results file (default {RESULTS.name})")
+    p.add_argument("--keep", action="store_true", help="keep the scratch directory (server logs)")
+    args = p.parse_args(argv)
+    command = "python -m loadtests.bench_peers " + shlex.join(argv if argv is not None else sys.argv[1:])
+
+    chosen = select(args.only)
+    started = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="bench-peers-"))
+    results: list[Result] = []
+    try:
+        ctx, expected = prepare(work, any(c.peer == "gateway" for c in chosen))
+        for cfg in chosen:
+            print(f"== {cfg.key}", flush=True)
+            why = ensure_env(cfg, args.setup, work)
+            result = Result(cfg, error=why) if why else measure(cfg, ctx, expected, args)
+            if result.error:
+                print(f"  did not run: {result.error}", flush=True)
+            results.append(result)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"scratch directory kept: {work}")
+    text = write(args.output, command, args, results, time.monotonic() - started)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
