@@ -35,12 +35,12 @@ class PredictionRecord(msgspec.Struct, frozen=True):
     request_id: str
     model: str
     primary_version: int | None
-    primary_output: list[float]
-    primary_latency_ms: float
-    inputs: list[float]
+    primary_output: list[list[float]]  # one list per row of the request
+    primary_latency_ms: float  # the forward pass of the batch the request ran in
+    inputs: list[list[float]]
     mirrored: bool = False
     shadow_version: int | None = None
-    shadow_output: list[float] | None = None
+    shadow_output: list[list[float]] | None = None
     shadow_latency_ms: float | None = None
     shadow_error: str | None = None
 

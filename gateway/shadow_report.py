@@ -3,12 +3,13 @@
 Paired samples live in fixed-size ring buffers (bounded memory); the report is computed on demand:
 agreement with a Wilson interval and a confusion matrix (classification), quantiles of |primary −
 shadow| (regression), PSI and two-sample KS between the two prediction distributions, and latency
-percentiles of each model and of the paired difference. `ShadowRules` turn it into a verdict.
+percentiles of each model and of the paired difference. The policy's `shadow:` rules turn it into a verdict.
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import msgspec
 import numpy as np
@@ -18,18 +19,10 @@ from registry.reference import quantile_edges
 
 from .drift import psi
 
+if TYPE_CHECKING:
+    from registry.policy import ShadowPolicy
+
 DEFAULT_CAPACITY = 20_000
-
-
-class ShadowRules(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The `shadow:` section of a policy: promotion on evidence."""
-
-    min_requests: int = 2000
-    max_prediction_psi: float | None = 0.1
-    min_agreement: float | None = 0.95  # classification only
-    max_p99_latency_ratio: float | None = 1.2
-    auto_promote: bool = False
-    sample_rate: float = 1.0
 
 
 class Percentiles(msgspec.Struct, frozen=True):
@@ -139,7 +132,7 @@ class ShadowComparison:
         self.latency[idx, 1] = shadow_latency
         self.compared += n
 
-    def report(self, rules: ShadowRules) -> ShadowReport:
+    def report(self, rules: ShadowPolicy) -> ShadowReport:
         n = min(self.compared, self.capacity)
         p, s, lat = self.primary[:n], self.shadow[:n], self.latency[:n] * 1e3
         psi_value = ks = ks_p = None
@@ -163,18 +156,18 @@ class ShadowComparison:
             agreement = Agreement(agree / n, lo, hi, confusion.tolist(), [str(i) for i in range(k)])
         latency = {"primary": _pct(lat[:, 0]), "shadow": _pct(lat[:, 1]), "difference": _pct(lat[:, 1] - lat[:, 0])}
         ratio = latency["shadow"].p99 / latency["primary"].p99 if n and latency["primary"].p99 > 0 else None
-        results = [RuleResult("min_requests", float(self.compared), float(rules.min_requests),
-                              self.compared >= rules.min_requests)]
-        if rules.max_prediction_psi is not None:
-            results.append(RuleResult("max_prediction_psi", psi_value, rules.max_prediction_psi,
-                                      psi_value is not None and psi_value <= rules.max_prediction_psi))
-        if rules.min_agreement is not None and self.output_kind != "regression":
+        results = [
+            RuleResult("min_requests", float(self.compared), float(rules.min_requests),
+                       self.compared >= rules.min_requests),
+            RuleResult("max_prediction_psi", psi_value, rules.max_prediction_psi,
+                       psi_value is not None and psi_value <= rules.max_prediction_psi),
+            RuleResult("max_p99_latency_ratio", ratio, rules.max_p99_latency_ratio,
+                       ratio is not None and ratio <= rules.max_p99_latency_ratio),
+        ]
+        if self.output_kind != "regression":  # agreement of labels means nothing for a regression
             rate = agreement.rate if agreement else None
-            results.append(RuleResult("min_agreement", rate, rules.min_agreement,
-                                      rate is not None and rate >= rules.min_agreement))
-        if rules.max_p99_latency_ratio is not None:
-            results.append(RuleResult("max_p99_latency_ratio", ratio, rules.max_p99_latency_ratio,
-                                      ratio is not None and ratio <= rules.max_p99_latency_ratio))
+            results.insert(2, RuleResult("min_agreement", rate, rules.min_agreement,
+                                         rate is not None and rate >= rules.min_agreement))
         failing = [r.rule for r in results if not r.passed]
         return ShadowReport(
             model=self.model, primary_version=self.primary_version, shadow_version=self.shadow_version,

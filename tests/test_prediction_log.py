@@ -14,8 +14,8 @@ from registry.store import open_store
 
 def _record(i: int, model: str = "m") -> PredictionRecord:
     return PredictionRecord(time=time.time(), request_id=f"r{i}", model=model, primary_version=1,
-                            primary_output=[float(i)], primary_latency_ms=1.0, inputs=[1.0, 2.0], mirrored=True,
-                            shadow_version=2, shadow_output=[float(i) + 0.5], shadow_latency_ms=2.0)
+                            primary_output=[[float(i)]], primary_latency_ms=1.0, inputs=[[1.0, 2.0]], mirrored=True,
+                            shadow_version=2, shadow_output=[[float(i) + 0.5]], shadow_latency_ms=2.0)
 
 
 def _read_jsonl(paths) -> list[dict]:
@@ -38,7 +38,7 @@ def test_local_dir_sink_round_trip_and_roll(tmp_path) -> None:
     assert len(files) > 1  # rolled by size
     rows = _read_jsonl(files)
     assert sorted(r["request_id"] for r in rows) == sorted(f"r{i}" for i in range(1000))
-    assert all(r["shadow_output"][0] == r["primary_output"][0] + 0.5 for r in rows)
+    assert all(r["shadow_output"][0][0] == r["primary_output"][0][0] + 0.5 for r in rows)
 
 
 @pytest.mark.parametrize("backend", ["file", "s3"])

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from gateway.shadow_report import ShadowComparison, ShadowRules, wilson_interval
+from gateway.shadow_report import ShadowComparison, wilson_interval
+from registry.policy import ShadowPolicy as ShadowRules
 
 
 def _offline_psi(p: np.ndarray, s: np.ndarray) -> float:
