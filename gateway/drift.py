@@ -23,32 +23,9 @@ import msgspec
 import numpy as np
 
 from registry.manifest import ReferenceStats
+from registry.policy import MonitorPolicy
 
 SMOOTHING = 0.5
-
-
-class DriftConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The `monitor:` section of a policy, as the gateway uses it."""
-
-    threshold: float = 0.10
-    exit_threshold: float | None = None  # hysteresis: back to "ok" only below this (default threshold / 2)
-    # Default window and min_samples: with 10 bins and threshold 0.10, a window of 1000 undrifted rows
-    # trips far less than 1 % of the time (tests/test_drift.py measures it); 500 is the floor we trust.
-    window: int = 1000  # rows per tumbling window
-    window_seconds: float = 300.0  # a window also closes after this long, if it has min_samples
-    min_samples: int = 500
-    consecutive: int = 1  # windows over threshold needed to trip
-    cooldown_s: float = 3600.0
-
-    def __post_init__(self) -> None:
-        if not self.threshold > 0:
-            raise ValueError("monitor threshold must be > 0")
-        if self.min_samples < 1 or self.window < 1 or self.consecutive < 1:
-            raise ValueError("monitor window, min_samples and consecutive must be >= 1")
-
-    @property
-    def exit_level(self) -> float:
-        return self.exit_threshold if self.exit_threshold is not None else self.threshold / 2
 
 
 def psi(actual_counts: np.ndarray, expected_fractions: np.ndarray, expected_total: int) -> float:
@@ -109,9 +86,11 @@ class DriftMonitor:
     full (or old enough and has `min_samples`) and says whether a retrain should be requested.
     """
 
-    def __init__(self, reference: ReferenceStats, config: DriftConfig, *, reference_version: int | None = None,
+    def __init__(self, reference: ReferenceStats, config: MonitorPolicy, *, reference_version: int | None = None,
                  clock=time.time) -> None:
         self.config = config
+        self.threshold = config.methods.psi.threshold
+        self.exit_level = config.methods.psi.exit_level
         self.reference_version = reference_version
         self.clock = clock
         self.names = [f.name for f in reference.features]
@@ -161,7 +140,7 @@ class DriftMonitor:
         result = WindowResult(
             index=self.state.windows, started_at=self.window_started, ended_at=now, n=int(self.rows),
             reference_version=self.reference_version, edges_digest=self.edges_digest, features=features,
-            max_psi=max_psi, drifted=max_psi >= self.config.threshold,
+            max_psi=max_psi, drifted=max_psi >= self.threshold,
         )
         self.counts[:] = 0
         self.rows = 0
@@ -174,7 +153,7 @@ class DriftMonitor:
         st.windows += 1
         st.last = result
         if st.state == "drifted":
-            if result.max_psi < self.config.exit_level:
+            if result.max_psi < self.exit_level:
                 st.state, st.consecutive = "ok", 0
             return
         st.consecutive = st.consecutive + 1 if result.drifted else 0

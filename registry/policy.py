@@ -207,7 +207,7 @@ class ShadowPolicy(_Section):
 
 # -- monitor: (read by the gateway) -------------------------------------------------------------
 class PsiMethod(_Section):
-    threshold: float = 0.2  # drift when a feature's PSI over the window exceeds this
+    threshold: float = 0.10  # drift when a feature's PSI over a window reaches this (docs/drift.md)
     exit_threshold: float | None = None  # drift state clears below this (hysteresis); default: threshold
 
     def __post_init__(self) -> None:
@@ -256,7 +256,10 @@ class TriggerPolicy(_Section):
 class MonitorPolicy(_Section):
     model: str | None = None  # the model watched; defaults to the policy's model
     methods: MonitorMethods = msgspec.field(default_factory=MonitorMethods)
-    window: int = 1000  # the most recent live inputs the PSI is computed over
+    window: int = 1000  # rows per tumbling window the PSI is computed over
+    window_seconds: float = 300.0  # a window also closes after this long, once it has min_samples rows
+    # With 10 bins and threshold 0.10, undrifted windows of min_samples rows trip far less than 1 % of
+    # the time (tests/test_drift.py measures it): below ~250 rows the noise floor is too high to trust.
     min_samples: int = 500  # no verdict before this many inputs in the window
     consecutive: int = 1  # evaluations over threshold in a row before a trip
     cooldown_s: float = 3600.0  # no second trip within this many seconds
@@ -267,6 +270,8 @@ class MonitorPolicy(_Section):
         _require(1 <= self.min_samples, "monitor.min_samples must be at least 1")
         _require(self.min_samples <= self.window, "monitor.min_samples must not exceed monitor.window")
         _require(self.consecutive >= 1, "monitor.consecutive must be at least 1")
+        _finite(self.window_seconds, "monitor.window_seconds")
+        _require(self.window_seconds > 0, "monitor.window_seconds must be positive")
         _finite(self.cooldown_s, "monitor.cooldown_s")
         _require(self.cooldown_s >= 0, "monitor.cooldown_s must not be negative")
 

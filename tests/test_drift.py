@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gateway.drift import DriftConfig, DriftMonitor, noise_floor, psi
+from gateway.drift import DriftMonitor, noise_floor, psi
+from registry.policy import MonitorMethods, MonitorPolicy, PsiMethod
 from registry.reference import reference_stats
 
 FEATURES = [f"f{i}" for i in range(8)]
@@ -26,6 +27,10 @@ def _data(rng: np.random.Generator, n: int, shift: float = 0.0) -> np.ndarray:
 def reference():
     rng = np.random.default_rng(0)
     return reference_stats(_data(rng, 20_000), FEATURES)
+
+
+def DriftConfig(threshold: float = 0.10, exit_threshold: float | None = None, **kw) -> MonitorPolicy:  # noqa: N802
+    return MonitorPolicy(methods=MonitorMethods(psi=PsiMethod(threshold, exit_threshold)), **kw)
 
 
 def test_psi_matches_offline_formula(reference) -> None:
