@@ -36,7 +36,7 @@ def register_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batching", choices=["on", "off"], help="micro-batching (env INFERLOOP_BATCHING, default on)")
     p.add_argument("--cache-versions", type=int, metavar="N",
                    help="versions kept loaded for instant rollback (env INFERLOOP_CACHE_VERSIONS, default 2)")
-    p.add_argument("--cache-dir", help="local verified blob copies ('' for none; env INFERLOOP_CACHE_DIR, "
+    p.add_argument("--cache-dir", help="local verified blob copies ('none' to keep none; env INFERLOOP_CACHE_DIR, "
                                        "default .inferloop/gateway-cache)")
     p.add_argument("--max-body-bytes", type=int, metavar="N",
                    help="largest request body (env INFERLOOP_MAX_BODY_BYTES, default 8 MiB)")
@@ -89,12 +89,13 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
-    from .device import DeviceUnavailable, resolve_device
+    from .device import DeviceUnavailable, resolve_device, return_large_frees_to_os
 
     try:
         resolve_device(settings.runtime.device)
     except DeviceUnavailable as exc:
         raise UsageError(str(exc)) from None
+    return_large_frees_to_os()
     logging.basicConfig(level=settings.server.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = settings.server

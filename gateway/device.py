@@ -68,6 +68,24 @@ class DeviceExecutor:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+def return_large_frees_to_os(threshold: int = 1 << 20) -> bool:
+    """Make glibc serve allocations of `threshold` bytes or more (model weights) with mmap, so a
+    released model's memory goes back to the OS. By default glibc raises that threshold after the
+    first large free and then keeps freed weights in its heap: RSS would climb by a few models'
+    worth over the first swaps. Returns False where this is not glibc."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(-3, threshold))  # -3: M_MMAP_THRESHOLD; fixing it disables the dynamic raise
+    except (OSError, AttributeError):
+        return False
+
+
 class DeviceMemory:
     """Free memory on a device as torch can use it: the driver's free bytes plus what torch's caching
     allocator holds but is not using. None on CPU (no budget is enforced there)."""

@@ -78,7 +78,7 @@ class RuntimeSettings(Settings, frozen=True):
     cache_versions: NonNegativeInt = 2
     """Versions kept loaded besides the serving one, so a rollback swaps back without reloading."""
     cache_dir: str | None = ".inferloop/gateway-cache"
-    """Verified local copies of artifact blobs ('' or None: keep none on disk)."""
+    """Verified local copies of artifact blobs ('', 'none' or 'off': keep none on disk)."""
     cache_max_bytes: PositiveInt = 2 * 1024**3
     torch_threads: PositiveInt | None = None
     """torch intra-op threads (None: torch's default)."""
@@ -157,7 +157,7 @@ def resolve_settings(flags: Mapping[str, Any] | None = None, env: Mapping[str, s
             where, value = f"${var}", _from_env(field, env[var])
         else:
             continue
-        if field == "cache_dir" and value == "":
+        if field == "cache_dir" and str(value).lower() in ("", "none", "off"):
             value = None
         origin[(section, field)] = where
         (tree.setdefault(section, {}) if section else tree)[field] = value

@@ -185,6 +185,7 @@ class ModelStage:
             slot.serve()
             self.signature = slot.signature
         self.current = slot
+        self._notify()
         self.metrics.serving(self.name, self.stage, old.version if old else None, slot.version if slot else None)
         for listener in list(self.listeners):
             try:

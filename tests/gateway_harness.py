@@ -122,6 +122,7 @@ class GatewayProcess:
             [sys.executable, "-m", "inferloop.cli", "serve", "--fd", str(fd), "--log-level", "warning", *args],
             pass_fds=[fd], env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
+        self._sock.close()  # the child holds the listener now; once it exits, connections are refused
         self.client = httpx.Client(base_url=self.url, timeout=30)
         self.output = ""
 
@@ -138,7 +139,6 @@ class GatewayProcess:
                 self.proc.kill()
                 self.proc.wait()
         self.collect_output()
-        self._sock.close()
 
     def collect_output(self) -> str:
         if self.proc.stdout is not None and self.proc.poll() is not None:
