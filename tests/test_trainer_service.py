@@ -5,6 +5,7 @@ healthy, restart with job history intact, cron schedules, errors and metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -15,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
 from registry import Registry
 from trainer.app import create_app
-from trainer.jobs import JobStore, RetrainRequest
+from trainer.jobs import Job, JobStore, RequestRecord, RetrainRequest, new_job_id
+from trainer.pipeline import BuildSummary
 from trainer.runner import JobRunner
 from trainer.schedule import Scheduler
 from trainer.service import ServiceSettings, TrainerService
@@ -150,6 +153,13 @@ def test_bad_requests_are_4xx_with_a_message(server: Client) -> None:
         assert message in resp.json()["error"], resp.text
     health = http.get("/healthz").json()
     assert health["status"] == "ok" and health["models"] == ["rev", "slow"] and health["jobs_running"] == 0
+    # a key names one request: reusing it for another model is a conflict, not a silent duplicate
+    job = server.retrain("slow", "shared-key", trigger="nightly-batch-7")
+    reused = http.post("/v1/retrain", json={"model": "rev", "idempotency_key": "shared-key"})
+    assert reused.status_code == 409 and f"used for model 'slow' (job {job['job_id']})" in reused.json()["error"]
+    # free-form trigger names do not become label values
+    assert 'inferloop_trainer_retrain_requests_total{model="slow",outcome="created",trigger="other"} 1.0' \
+        in http.get("/metrics").text
 
 
 def test_hanging_job_times_out_and_the_token_guards_the_api(env: dict[str, Any]) -> None:
@@ -247,6 +257,29 @@ def test_the_running_service_fires_its_schedules(env: dict[str, Any]) -> None:
         request = jobs[0]["requests"][0]
         assert request["trigger"] == "schedule" and request["idempotency_key"].startswith("schedule:cron:")
         assert 'inferloop_trainer_schedule_fires_total{model="cron"}' in client.http.get("/metrics").text
+
+
+def test_a_job_that_finished_while_the_service_was_down_is_recorded_from_its_summary(env: dict[str, Any]) -> None:
+    store = JobStore(env["state"]).open()
+    try:
+        done = Job(id=new_job_id(), model="rev", state="running", created_at="2024-05-01T00:00:00Z",
+                   policy=str(env["policies"] / "rev.yaml"), requests=[RequestRecord.of(RetrainRequest("rev"))],
+                   pid=2**22 + 1)  # no such process
+        lost = msgspec.structs.replace(done, id=new_job_id(), model="slow")
+        store.save(done)
+        store.save(lost)
+        summary = BuildSummary(model="rev", mode="build", exit_code=1, version=7, digest="d" * 64, verdict="failed")
+        store.summary_path(done.id).write_bytes(msgspec.json.encode(summary))
+
+        async def start() -> None:
+            JobRunner(store, {}, registry=env["registry"]).start()
+
+        asyncio.run(start())
+        assert (done.state, done.version, done.verdict, done.exit_code) == ("gate_failed", 7, "failed", 1)
+        assert lost.state == "failed" and lost.error.startswith("interrupted")
+        assert not store.active  # neither blocks its model any more
+    finally:
+        store.close()
 
 
 def test_one_service_per_state_directory(env: dict[str, Any]) -> None:

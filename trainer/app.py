@@ -23,7 +23,7 @@ from litestar.exceptions import ClientException, HTTPException, NotAuthorizedExc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .jobs import RetrainRequest
-from .runner import UnknownModel
+from .runner import KeyReused, UnknownModel
 from .service import ServiceSettings, TrainerService
 
 log = logging.getLogger("inferloop.trainer")
@@ -55,6 +55,8 @@ async def retrain(request: Request) -> dict[str, Any]:
         job, outcome = await _service(request).submit(data)
     except UnknownModel as exc:
         raise NotFoundException(str(exc)) from None
+    except KeyReused as exc:
+        raise HTTPException(str(exc), status_code=409) from None
     message = {"created": "job queued",
                "coalesced": f"a job for {job.model} is already {job.state}: this request was folded into it",
                "duplicate": "idempotency key seen before: this is the job it started"}[outcome]

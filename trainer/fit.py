@@ -13,6 +13,7 @@ scales its summed loss so that the averaged gradient equals the single-process o
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
@@ -55,6 +56,8 @@ def resolve_device(requested: str, dist: DistInfo) -> str:
     if requested == "cuda" and not torch.cuda.is_available():
         raise TrainerError("training.device is cuda but no CUDA device is available")
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        # deterministic cuBLAS needs a fixed workspace, set before the first cuBLAS call
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         return f"cuda:{dist.local_rank}"
     return "cpu"
 

@@ -26,10 +26,15 @@ from .pipeline import EXIT_GATE_FAILED, EXIT_OK, BuildSummary
 log = logging.getLogger("inferloop.trainer")
 
 Outcome = Literal["created", "coalesced", "duplicate"]
+INTERRUPTED = "interrupted: the trainer service stopped while the job ran"
 
 
 class UnknownModel(LookupError):
     pass
+
+
+class KeyReused(ValueError):
+    """An idempotency key already used for another model's request."""
 
 
 class JobRunner:
@@ -52,9 +57,13 @@ class JobRunner:
     def start(self) -> None:
         """Recover from the previous run, then run queued jobs."""
         for job in list(self.store.jobs.values()):
-            if job.state == "running":
-                _kill_orphan(job)
-                self._finish(job, "failed", error="interrupted: the trainer service stopped while the job ran")
+            if job.state != "running":
+                continue
+            summary = None if _kill_orphan(job) else self._read_summary(job.id)
+            if summary is not None:  # it finished while the service was down: its summary says how
+                self._record_exit(job, summary.exit_code, None)
+            else:
+                self._finish(job, "failed", error=INTERRUPTED)
         self._started = True
         for job in sorted(self.store.jobs.values(), key=lambda j: (j.created_at, j.id)):
             if job.state == "queued":
@@ -83,7 +92,11 @@ class JobRunner:
         """The job for this request: the key's job if seen before, else the model's active job (the
         request is coalesced into it), else a new queued job."""
         if request.idempotency_key and request.idempotency_key in self.store.by_key:
-            return self.store.jobs[self.store.by_key[request.idempotency_key]], "duplicate"
+            seen = self.store.jobs[self.store.by_key[request.idempotency_key]]
+            if seen.model != request.model:
+                raise KeyReused(f"idempotency key {request.idempotency_key!r} was used for model {seen.model!r} "
+                                f"(job {seen.id})")
+            return seen, "duplicate"
         if request.model not in self.policies:
             raise UnknownModel(f"no policy for model {request.model!r} (known: {', '.join(sorted(self.policies))})")
         active_id = self.store.active.get(request.model)
@@ -108,8 +121,8 @@ class JobRunner:
 
     def _command(self, job: Job) -> list[str]:
         cmd = [sys.executable, "-m", "inferloop.cli", "train", "--policy", job.policy, "--registry", self.registry,
-               "--json", "--actor", f"trainer-service:{job.id}", "--reason", job.reason or job.trigger,
-               "--trigger", job.trigger, "--job-id", job.id]
+               "--json", f"--actor=trainer-service:{job.id}", f"--reason={job.reason or job.trigger}",
+               f"--trigger={job.trigger}", f"--job-id={job.id}"]  # --k=v: a value may start with '-'
         return cmd + (["--s3-endpoint", self.s3_endpoint] if self.s3_endpoint else [])
 
     async def _run(self, job: Job) -> None:
@@ -142,21 +155,21 @@ class JobRunner:
                 except asyncio.CancelledError:  # shutdown: stop() killed the group
                     with contextlib.suppress(ProcessLookupError):
                         _killpg(proc.pid)
-                    self._finish(job, "failed", error="interrupted: the trainer service stopped while the job ran")
+                    self._finish(job, "failed", error=INTERRUPTED)
                     raise
                 finally:
                     self._procs.pop(job.id, None)
             self._record_exit(job, code, time.monotonic() - started)
 
-    def _record_exit(self, job: Job, code: int, seconds: float) -> None:
-        job.exit_code = code
-        summary = None
+    def _read_summary(self, job_id: str) -> BuildSummary | None:
         try:
-            raw = self.store.summary_path(job.id).read_bytes()
-            if raw.strip():
-                summary = msgspec.json.decode(raw, type=BuildSummary)
+            return msgspec.json.decode(self.store.summary_path(job_id).read_bytes(), type=BuildSummary)
         except (OSError, msgspec.DecodeError, msgspec.ValidationError):
-            summary = None
+            return None  # absent, empty, or cut short by a kill
+
+    def _record_exit(self, job: Job, code: int, seconds: float | None) -> None:
+        job.exit_code = code
+        summary = self._read_summary(job.id)
         if summary is not None:
             job.version, job.digest, job.verdict = summary.version, summary.digest, summary.verdict
             job.promoted, job.metrics = summary.promoted, summary.metrics
@@ -192,13 +205,15 @@ def _killpg(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def _kill_orphan(job: Job) -> None:
+def _kill_orphan(job: Job) -> bool:
     """A job process left running by a service that died: kill it if that pid is still our job."""
     if job.pid is None:
-        return
+        return False
     try:
         cmdline = Path(f"/proc/{job.pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
-        return
-    if job.id.encode() in cmdline:
-        _killpg(job.pid)
+        return False
+    if not any(job.id.encode() in arg for arg in cmdline):
+        return False  # the pid was reused by another process
+    _killpg(job.pid)
+    return True

@@ -27,6 +27,8 @@ from .schedule import Scheduler
 
 log = logging.getLogger("inferloop.trainer")
 
+KNOWN_TRIGGERS = frozenset({"api", "cli", "ci", "drift", "manual", "schedule", "shadow"})
+
 
 class ServiceSettings(msgspec.Struct, frozen=True):
     registry: str
@@ -113,7 +115,8 @@ class TrainerService:
 
     async def submit(self, request: RetrainRequest) -> tuple[Job, Outcome]:
         job, outcome = self.runner.submit(request)
-        self.metrics.requests.labels(request.model, request.trigger_kind, outcome).inc()
+        trigger = request.trigger_kind if request.trigger_kind in KNOWN_TRIGGERS else "other"  # bounded labels
+        self.metrics.requests.labels(request.model, trigger, outcome).inc()
         if outcome == "created" and self._registry is not None:
             with contextlib.suppress(RegistryError):  # the audit entry must not block the request
                 await self._registry.append_event(
