@@ -3,7 +3,7 @@
 Exit codes (a CI step can branch on them):
     0  success: built and registered, gates passed or no gates (reproduce: bit-identical artifact)
     1  a gate failed: the version is registered but not promoted (reproduce: artifact differs)
-    2  error: bad policy, bad data, unreachable registry, crashed training; nothing registered
+    2  error: bad policy, bad data, unreachable registry, crashed training (caught before registering)
 """
 
 from __future__ import annotations

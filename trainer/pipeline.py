@@ -21,7 +21,7 @@ from registry.manifest import ValidationRecord, VersionManifest
 from registry.policy import Policy, ValidationPolicy
 
 from . import gates, metrics, notify
-from .data import Dataset, holdout_digest, holdout_split, load_dataset, resolve_window
+from .data import Dataset, holdout_digest, holdout_split, load_dataset, resolve_window, source_dir
 from .errors import TrainerError
 from .fit import DistInfo, Progress, deterministic, fit, predict, resolve_device
 from .spec import TrainSpec
@@ -97,8 +97,6 @@ def plan_reproduce(name: str, version: int | str, registry_uri: str, *, s3_endpo
         manifest = reg.get_manifest(name, version)
     spec = TrainSpec.from_manifest(manifest)
     if data is not None:  # the same partitions moved elsewhere: their digests are still checked
-        from .data import source_dir
-
         spec = msgspec.structs.replace(spec, data_uri=f"file://{source_dir(data)}")
     return BuildRequest(spec=spec, registry=registry_uri, s3_endpoint=s3_endpoint, trigger="reproduce",
                         reproduce=manifest)
