@@ -153,8 +153,7 @@ class JobRunner:
                                  seconds=time.monotonic() - started)
                     return
                 except asyncio.CancelledError:  # shutdown: stop() killed the group
-                    with contextlib.suppress(ProcessLookupError):
-                        _killpg(proc.pid)
+                    _killpg(proc.pid)
                     self._finish(job, "failed", error=INTERRUPTED)
                     raise
                 finally:
