@@ -197,6 +197,7 @@ def _start_cli_server(env: dict[str, Any], port: int) -> subprocess.Popen[bytes]
 def test_service_killed_mid_job_restarts_with_its_job_history(env: dict[str, Any]) -> None:
     port = free_port()
     proc = _start_cli_server(env, port)
+    orphan = None
     try:
         client = Client(f"http://127.0.0.1:{port}")
         done = client.finished(client.retrain("rev", "nightly-1")["job_id"])
@@ -218,6 +219,8 @@ def test_service_killed_mid_job_restarts_with_its_job_history(env: dict[str, Any
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+        if orphan is not None and not _gone(orphan):  # a failed assertion must not leave training running
+            os.killpg(orphan, signal.SIGKILL)
 
 
 def test_a_cron_schedule_fires_once_per_scheduled_time(env: dict[str, Any]) -> None:
