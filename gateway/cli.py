@@ -47,6 +47,21 @@ def register_parser(sub: argparse._SubParsersAction) -> None:
                    help="file holding the admin bearer token (else env INFERLOOP_ADMIN_TOKEN; none: admin disabled)")
     p.add_argument("--graceful-timeout", type=float, metavar="S",
                    help="on SIGTERM, time allowed for in-flight requests (env INFERLOOP_GRACEFUL_TIMEOUT, default 30)")
+    p.add_argument("--poll-jitter", type=float, metavar="F",
+                   help="each poll wait is interval × (1 ± F) (env INFERLOOP_POLL_JITTER, default 0.2)")
+    p.add_argument("--retry-initial", type=float, metavar="S",
+                   help="first back-off after a failed load or poll (env INFERLOOP_RETRY_INITIAL, default 1)")
+    p.add_argument("--retry-max", type=float, metavar="S", help="longest back-off (env INFERLOOP_RETRY_MAX, default 60)")
+    p.add_argument("--swap-wait", type=float, metavar="S",
+                   help="how long requests wait during a memory-safe swap (env INFERLOOP_SWAP_WAIT, default 30)")
+    p.add_argument("--admin-wait", type=float, metavar="S",
+                   help="how long an admin move waits for this gateway to serve it (env INFERLOOP_ADMIN_WAIT, "
+                        "default 30)")
+    p.add_argument("--cache-max-bytes", type=int, metavar="N",
+                   help="size bound of --cache-dir (env INFERLOOP_CACHE_MAX_BYTES, default 2 GiB)")
+    p.add_argument("--load-headroom-bytes", type=int, metavar="N",
+                   help="GPU memory wanted beyond a model's weights to load it beside the serving one "
+                        "(env INFERLOOP_LOAD_HEADROOM_BYTES, default 64 MiB)")
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"],
                    help="env INFERLOOP_LOG_LEVEL, default info")
     p.add_argument("--access-log", action="store_const", const=True, help="log every request (env INFERLOOP_ACCESS_LOG)")

@@ -39,6 +39,16 @@ class InferInput(msgspec.Struct):
     parameters: dict[str, Any] | None = None
 
 
+class FlatInput(msgspec.Struct):
+    """The common case, decoded in one pass: numbers in a flat list."""
+
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list[float]
+    parameters: dict[str, Any] | None = None
+
+
 class RequestedOutput(msgspec.Struct):
     name: str
     parameters: dict[str, Any] | None = None
@@ -46,6 +56,13 @@ class RequestedOutput(msgspec.Struct):
 
 class InferRequest(msgspec.Struct):
     inputs: list[InferInput]
+    id: str | None = None
+    outputs: list[RequestedOutput] | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class FlatRequest(msgspec.Struct):
+    inputs: list[FlatInput]
     id: str | None = None
     outputs: list[RequestedOutput] | None = None
     parameters: dict[str, Any] | None = None
@@ -87,6 +104,7 @@ class InferCall(NamedTuple):
 
 
 _request = msgspec.json.Decoder(InferRequest)
+_flat_request = msgspec.json.Decoder(FlatRequest)
 _flat = msgspec.json.Decoder(list[float])
 _nested = msgspec.json.Decoder(list[list[float]])
 _rows = msgspec.json.Decoder(PredictRows)
@@ -125,6 +143,10 @@ def check_row_count(n: int, max_rows: int) -> None:
 
 # -- Open Inference Protocol v2 ---------------------------------------------------------------
 def decode_infer(body: bytes, header_length: int | None, sig: ModelSignature, max_rows: int) -> InferCall:
+    if header_length is None:
+        fast = _decode_single_flat(body, sig, max_rows)
+        if fast is not None:
+            return fast
     binary = b""
     if header_length is not None:
         if not 0 < header_length <= len(body):
@@ -143,6 +165,24 @@ def decode_infer(body: bytes, header_length: int | None, sig: ModelSignature, ma
     elif not rows.flags.c_contiguous:
         rows = np.ascontiguousarray(rows)
     return InferCall(rows, request.id, _wants_binary(request))
+
+
+def _decode_single_flat(body: bytes, sig: ModelSignature, max_rows: int) -> InferCall | None:
+    """One [n, width] tensor of plain JSON numbers, decoded in one pass (the hot path). Anything else,
+    including every malformed request, returns None and takes the general path, which explains it."""
+    try:
+        request = _flat_request.decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    if len(request.inputs) != 1:
+        return None
+    (tensor,) = request.inputs
+    shape, data = tensor.shape, tensor.data
+    if (tensor.datatype not in NUMERIC_DTYPES or len(shape) != 2 or shape[1] != sig.width
+            or not 0 < shape[0] <= max_rows or shape[0] * shape[1] != len(data)
+            or min(data) < -FLOAT32_MAX or max(data) > FLOAT32_MAX):
+        return None
+    return InferCall(np.array(data, dtype=np.float32).reshape(shape), request.id, _wants_binary(request))
 
 
 def _input_values(inputs: list[InferInput], binary: bytes | memoryview) -> tuple[list[np.ndarray], bool]:
@@ -232,7 +272,7 @@ def _assemble(inputs: list[InferInput], tensors: list[np.ndarray], sig: ModelSig
     return np.stack([by_name[f] for f in sig.features], axis=1)
 
 
-def _wants_binary(request: InferRequest) -> bool:
+def _wants_binary(request: InferRequest | FlatRequest) -> bool:
     if request.outputs:
         for out in request.outputs:
             if out.name != OUTPUT_NAME:

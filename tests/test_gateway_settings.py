@@ -63,3 +63,16 @@ def test_serve_reports_user_mistakes_in_one_line(argv: list[str], words: str, ca
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("inferloop: error:") and words in err and "\n" not in err
+
+
+def test_every_setting_has_a_flag_except_the_token() -> None:
+    import argparse
+
+    from gateway import cli
+    from gateway.settings import SOURCES
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    cli.register_parser(sub)
+    dests = {action.dest for action in sub.choices["serve"]._actions}
+    # the token comes from the environment or --admin-token-file, never argv (visible in `ps`)
+    assert [dest for dest, _ in SOURCES.values() if dest not in dests] == ["admin_token"]
