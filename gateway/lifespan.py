@@ -84,7 +84,7 @@ def stages_and_pollers(plane: DataPlane, stages: tuple[str, ...] = (PRIMARY_STAG
         blobs = BlobCache(plane.registry, settings.runtime.cache_dir, settings.runtime.cache_max_bytes)
         loader = SlotLoader(blobs, plane.load_executor, plane.device)
         tasks: list[asyncio.Task[None]] = []
-        for name in settings.models:
+        for name in dict.fromkeys(settings.models):  # a name given twice is served once
             model = plane.models.setdefault(name, ServedModel(name))
             for stage_name in stages:
                 stage = ModelStage(name, stage_name, registry=plane.registry, loader=loader, memory=plane.memory,

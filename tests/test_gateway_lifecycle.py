@@ -18,6 +18,7 @@ import pytest
 from gateway.batcher import MicroBatcher
 from gateway.blob_cache import BlobCache
 from gateway.device import DeviceExecutor, DeviceMemory
+from gateway.errors import ModelNotReady
 from gateway.events import EventRecorder
 from gateway.loader import SlotLoader
 from gateway.metrics import GatewayMetrics
@@ -200,6 +201,24 @@ def test_without_room_for_two_versions_the_safe_order_makes_requests_wait(versio
             assert outcome.failure is not None and outcome.failure.phase == "fetch"
             assert r.stage.serving_version == v2
             assert (await r.batcher.submit(ROW, "after-failure")).version == v2
+
+    asyncio.run(scenario())
+
+
+def test_a_cleared_stage_stops_serving_and_a_re_promotion_comes_back_from_memory(versions) -> None:
+    uri, (v1, _, _) = versions
+
+    async def scenario() -> None:
+        async with rig(uri) as r:
+            await r.serve(v1)
+            slot = r.stage.current
+            outcome = await r.stage.apply(await r.registry.clear(MODEL, "production", actor="test"))
+            assert outcome.changed and r.stage.current is None and slot.state is SlotState.STANDBY
+            with pytest.raises(ModelNotReady):
+                await r.batcher.submit(ROW, "nothing-serves")
+            await r.serve(v1)
+            assert r.stage.current is slot and r.stage.last_swap.reused and r.stage.loads == 1
+            assert (await r.batcher.submit(ROW, "back")).version == v1
 
     asyncio.run(scenario())
 
