@@ -56,6 +56,7 @@ class StagePoller:
 
     async def run(self) -> None:
         while True:
+            self._wake.clear()  # a poke during the round below makes the next round start at once
             try:
                 delay = await self.poll_once()
             except asyncio.CancelledError:
@@ -63,7 +64,6 @@ class StagePoller:
             except Exception:  # noqa: BLE001 - the poller must outlive any single bad round
                 log.exception("poller for %s %s: unexpected error", self.stage.name, self.stage.stage)
                 delay = self.settings.retry_max_s
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), delay)
             except TimeoutError:
