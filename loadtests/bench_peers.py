@@ -8,8 +8,9 @@ Each peer runs from its own virtual environment under loadtests/.venvs/<peer> (c
 --setup: torch==2.13.0 first, then the peer from PyPI). The bare ceiling (a minimal Litestar +
 msgspec + uvicorn handler) and the gateway run in the project's environment. wrk is pinned to CPU 0,
 the server under test (its whole process tree) to CPU 1. Per configuration: a warm-up, then --runs
-runs of --duration seconds; medians of throughput and p50/p99, the server tree's RSS after the runs,
-and every figure as a ratio to the bare ceiling measured in the same run. Writes the table to
+runs of --duration seconds, each after a run of the bare ceiling (kept up for the whole run); medians
+of throughput and p50/p99, the server tree's RSS after the runs, and every figure as a ratio to the
+ceiling's runs taken alongside. Writes the table to
 loadtests/RESULTS-peers.md. A server that cannot be installed or started is recorded with the reason.
 """
 
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from .peers import configs, procs, venvs, wrk
@@ -81,40 +83,76 @@ def _close(answer: object, expected: float) -> bool:
     return False
 
 
-def measure(cfg: Config, ctx: Context, expected: float, args: argparse.Namespace) -> Result:
-    result = Result(cfg)
+@dataclass
+class Target:
+    """A server that answered the benchmark request correctly, and its wrk script."""
+
+    server: procs.Server
+    launch: configs.Launch
+    lua: Path
+
+    def load(self, seconds: int, args: argparse.Namespace) -> wrk.Sample:
+        return wrk.run(self.launch.url, self.lua, duration=seconds, connections=args.connections, cpu=LOADGEN_CPU)
+
+    def close(self) -> None:
+        procs.stop(self.server)
+        for path in self.launch.cleanup:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def start(cfg: Config, ctx: Context, expected: float) -> Target:
     work = Path(tempfile.mkdtemp(prefix=f"{cfg.peer}-", dir=ctx.work))
-    port = configs.free_port()
-    try:
-        launch = cfg.build(ctx, work, port)
-    except Exception as exc:  # a config that cannot even be prepared is a result, not a crash
-        result.error = f"could not prepare: {exc!r}"
-        return result
+    launch = cfg.build(ctx, work, configs.free_port())
     server = procs.start(launch.cmd, env=launch.env, cwd=launch.cwd, log=work / "server.log", cpu=SERVER_CPU)
+    target = Target(server, launch, work / "post.lua")
     try:
         t0 = time.monotonic()
         answer = procs.wait_ready(server, launch.url, launch.body, launch.headers, launch.ready_timeout)
         if not _close(answer, expected):
-            result.error = f"wrong answer {json.dumps(answer)[:200]} (expected {expected:.6f})"
-            return result
-        print(f"  ready in {time.monotonic() - t0:.1f} s; warm-up", flush=True)
-        lua = wrk.script(work / "post.lua", launch.body, launch.headers)
-        warmup = max(args.warmup, launch.min_warmup)
-        wrk.run(launch.url, lua, duration=warmup, connections=args.connections, cpu=LOADGEN_CPU)
-        for _ in range(args.runs):
-            sample = wrk.run(launch.url, lua, duration=args.duration, connections=args.connections,
-                             cpu=LOADGEN_CPU)
-            print(f"  {sample.rps:,.0f} req/s  p50 {sample.p50_ms:.2f} ms  p99 {sample.p99_ms:.2f} ms  "
-                  f"errors {sample.errors}", flush=True)
-            result.samples.append(sample)
-        result.rss_mib = server.rss_mib()
+            raise RuntimeError(f"wrong answer {json.dumps(answer)[:200]} (expected {expected:.6f})")
+        print(f"  ready in {time.monotonic() - t0:.1f} s", flush=True)
+        wrk.script(target.lua, launch.body, launch.headers)
+    except BaseException:
+        target.close()
+        raise
+    return target
+
+
+def _show(who: str, s: wrk.Sample) -> None:
+    print(f"  {who:<5} {s.rps:>8,.0f} req/s  p50 {s.p50_ms:7.2f} ms  p99 {s.p99_ms:8.2f} ms  errors {s.errors}",
+          flush=True)
+
+
+def measure(cfg: Config, ctx: Context, expected: float, args: argparse.Namespace,
+            ceiling: Target | None) -> tuple[Result, Target | None]:
+    """Warm-up, then --runs runs; with a running `ceiling`, each run of this server follows a run of
+    the ceiling, so that each ratio compares figures taken under the same background load. Returns
+    the result and, when `ceiling` is None (this is the ceiling), the still-running server."""
+    result = Result(cfg)
+    try:
+        target = start(cfg, ctx, expected)
     except (procs.NotReady, RuntimeError, ValueError, OSError, subprocess.SubprocessError) as exc:
         result.error = " ".join(str(exc).split())[:600]
+        return result, None
+    keep = False
+    try:
+        target.load(max(args.warmup, target.launch.min_warmup), args)
+        for _ in range(args.runs):
+            if ceiling is not None:
+                cpu0 = target.server.cpu_seconds()
+                result.reference.append(ceiling.load(args.duration, args))
+                result.idle_cpu_s += target.server.cpu_seconds() - cpu0
+                _show("bare", result.reference[-1])
+            result.samples.append(target.load(args.duration, args))
+            _show("this", result.samples[-1])
+        result.rss_mib = target.server.rss_mib()
+        keep = ceiling is None
+    except (RuntimeError, ValueError, OSError, subprocess.SubprocessError) as exc:
+        result.error = " ".join(str(exc).split())[:600]
     finally:
-        procs.stop(server)
-        for path in launch.cleanup:
-            shutil.rmtree(path, ignore_errors=True)
-    return result
+        if not keep:
+            target.close()
+    return result, (target if keep else None)
 
 
 def ensure_env(cfg: Config, setup: bool, work: Path) -> str | None:
@@ -157,8 +195,12 @@ def write(path: Path, command: str, args: argparse.Namespace, results: list[Resu
 {time.strftime("%Y-%m-%d %H:%M %Z")} · {cpu} · wrk pinned to CPU {LOADGEN_CPU}, each server's process tree
 to CPU {SERVER_CPU} · {args.connections} connections · warm-up {args.warmup} s (TorchServe at least 15 s)
 then {args.runs} × {args.duration} s per configuration · medians · RSS = sum over the server's process
-tree after the runs · "vs bare" = ratio to the bare ceiling in this same run (throughput: higher is
-better; latency and memory: lower is better) · whole run {wall / 60:.1f} min.
+tree after the runs · whole run {wall / 60:.1f} min.
+
+The bare ceiling stays up for the whole run; each run of a server is preceded by a run of the bare
+ceiling ("bare req/s alongside"), and "vs bare" divides each figure by the ceiling's median over those
+alternating runs, so that both sides of a ratio saw the same background load (this machine's two cores
+are shared with other work). Throughput: higher is better; latency and memory: lower is better.
 
 {table(results, ceiling)}
 
@@ -167,7 +209,7 @@ better; latency and memory: lower is better) · whole run {wall / 60:.1f} min.
 {configs.INSTALL_NOTES}
 ## Per run
 
-{raw_runs(results) or "-"}
+{raw_runs(results, args.duration) or "-"}
 
 ## Could not run
 
@@ -194,16 +236,23 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="bench-peers-"))
     results: list[Result] = []
+    ceiling: Target | None = None
     try:
         ctx, expected = prepare(work, any(c.peer == "gateway" for c in chosen))
         for cfg in chosen:
             print(f"== {cfg.key}", flush=True)
             why = ensure_env(cfg, args.setup, work)
-            result = Result(cfg, error=why) if why else measure(cfg, ctx, expected, args)
+            if why:
+                result = Result(cfg, error=why)
+            else:
+                result, running = measure(cfg, ctx, expected, args, ceiling)
+                ceiling = ceiling or running
             if result.error:
                 print(f"  did not run: {result.error}", flush=True)
             results.append(result)
     finally:
+        if ceiling is not None:
+            ceiling.close()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
         else:

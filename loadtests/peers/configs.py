@@ -1,7 +1,8 @@
 """Every server configuration the driver measures: how to start it and what to send it.
 
-A `Config` belongs to a peer (its venv, or `None` for the project's own environment) and builds a
-`Launch` for a port inside a `Context` (the shared weights, the request row, a scratch directory).
+A `Config` belongs to a peer (the name of its venv, or of a server run from the project's own
+environment) and builds a `Launch` for a port inside a `Context` (the shared weights, the request
+row, a scratch directory).
 """
 
 from __future__ import annotations
@@ -61,10 +62,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def python(cfg_peer: str, own_env: bool) -> str:
-    return sys.executable if own_env else str(venvs.python_of(cfg_peer))
 
 
 def oip_body(row: list[float]) -> bytes:

@@ -64,6 +64,18 @@ class Server:
                 pass
         return total_kb / 1024
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by the processes of the tree now alive."""
+        ticks = 0
+        for pid, _ in self.tree():
+            try:
+                raw = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            fields = raw[raw.rindex(")") + 2:].split()
+            ticks += int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
+
     def log_tail(self, lines: int = 15) -> str:
         try:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
