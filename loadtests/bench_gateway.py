@@ -61,6 +61,12 @@ class Sample:
     p50_ms: float
     p99_ms: float
     errors: int
+    cpu_us: float = 0.0  # server CPU time (all threads) per request: unaffected by other load on the core
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def free_port() -> int:
@@ -117,12 +123,14 @@ def start(name: str, cmd: list[str], core: str) -> tuple[subprocess.Popen[bytes]
     raise RuntimeError(f"{name} did not become ready")
 
 
-def wrk(url: str, script: Path, core: str, connections: int, seconds: float) -> Sample:
+def wrk(url: str, script: Path, core: str, connections: int, seconds: float, pid: int | None = None) -> Sample:
+    cpu_before = cpu_seconds(pid) if pid else 0.0
     out = subprocess.run(["taskset", "-c", core, "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "5s",
                           "-s", str(script), url], capture_output=True, text=True, check=True).stdout
     line = next(ln for ln in out.splitlines() if ln.startswith("RESULT"))
     requests, duration, p50, p99, errors = line.split()[1:]
-    return Sample(int(requests) / float(duration), int(p50) / 1000, int(p99) / 1000, int(errors))
+    cpu = (cpu_seconds(pid) - cpu_before) / max(int(requests), 1) * 1e6 if pid else 0.0
+    return Sample(int(requests) / float(duration), int(p50) / 1000, int(p99) / 1000, int(errors), cpu)
 
 
 def per_run_ratio(results: dict[str, list[Sample]], name: str) -> float:
@@ -134,6 +142,7 @@ def per_run_ratio(results: dict[str, list[Sample]], name: str) -> float:
 def render(results: dict[str, list[Sample]], command: str, args: argparse.Namespace, load: tuple[str, str]) -> str:
     base = statistics.median(s.rps for s in results["bare-constant"])
     forward_p99 = statistics.median(s.p99_ms for s in results["bare-forward"])
+    base_cpu = statistics.median(s.cpu_us for s in results["bare-constant"])
     lines = [
         "# Gateway benchmark: single-row OIP v2 infer",
         "",
@@ -142,19 +151,24 @@ def render(results: dict[str, list[Sample]], command: str, args: argparse.Namesp
         f"Machine: {os.cpu_count()} cores ({platform.processor() or platform.machine()}), Python "
         f"{platform.python_version()}; wrk pinned to core {args.client_core}, servers to core {args.server_core}; "
         f"{args.connections} connections, {args.runs} runs × {args.duration:g} s per server, interleaved; medians "
-        f"(\"per run\": the median of each run's ratio to (a) in the same round). "
+        f"(\"per run\": the median of each run's ratio to (a) in the same round). Server CPU µs/req is the "
+        f"server process's CPU time (all threads, /proc) per answered request: other load on the core does not "
+        f"change it, so its ratio is the throughput ratio on a quiet core. "
         f"Load average before/after: {load[0]} / {load[1]} (the machine is shared; compare ratios within a run).",
         "",
-        "| server | req/s | × (a) | × (a) per run | p50 ms | p99 ms | p99 vs (b) | errors | runs (req/s) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| server | req/s | × (a) | × (a) per run | server CPU µs/req | (a) CPU / this CPU | p50 ms | p99 ms | "
+        "p99 vs (b) | errors | runs (req/s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, samples in results.items():
         rps = statistics.median(s.rps for s in samples)
         p50 = statistics.median(s.p50_ms for s in samples)
         p99 = statistics.median(s.p99_ms for s in samples)
         runs = ", ".join(f"{s.rps:.0f}" for s in samples)
+        cpu = statistics.median(s.cpu_us for s in samples)
         lines.append(f"| {LABELS[name]} | {rps:.0f} | {rps / base:.2f} | {per_run_ratio(results, name):.2f} | "
-                     f"{p50:.2f} | {p99:.2f} | {p99 / forward_p99:.2f} | {sum(s.errors for s in samples)} | {runs} |")
+                     f"{cpu:.1f} | {base_cpu / cpu:.2f} | {p50:.2f} | {p99:.2f} | {p99 / forward_p99:.2f} | "
+                     f"{sum(s.errors for s in samples)} | {runs} |")
     batched = results.get("gateway-batched")
     if batched:
         ratio = per_run_ratio(results, "gateway-batched")
@@ -173,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--client-core", default="0")
     p.add_argument("--server-core", default="1")
-    p.add_argument("--only", nargs="*", choices=list(LABELS), help="subset of servers ((a) is always run)")
+    p.add_argument("--only", nargs="*", choices=list(LABELS), help="subset of servers ((a) and (b) always run)")
     p.add_argument("--gateway-arg", action="append", default=[], help="extra flag for `inferloop serve` (repeat)")
     p.add_argument("--output", type=Path, default=Path(__file__).with_name("RESULTS-gateway.md"))
     args = p.parse_args(argv)
@@ -181,8 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         print("wrk is not installed (apt-get install -y wrk)", file=sys.stderr)
         return 2
     command = "python -m loadtests.bench_gateway " + shlex.join(argv if argv is not None else sys.argv[1:])
-    names = list(LABELS) if not args.only else ["bare-constant", *[n for n in LABELS if n in args.only and
-                                                                   n != "bare-constant"]]
+    baselines = ["bare-constant", "bare-forward"]
+    names = list(LABELS) if not args.only else [*baselines, *[n for n in LABELS if n in args.only and
+                                                             n not in baselines]]
     with tempfile.TemporaryDirectory(prefix="inferloop-bench-") as tmp:
         root = Path(tmp)
         script = root / "infer.lua"
@@ -199,10 +214,12 @@ def main(argv: list[str] | None = None) -> int:
             for run in range(args.runs):
                 order = names[run % len(names):] + names[:run % len(names)]
                 for name in order:
-                    sample = wrk(urls[name], script, args.client_core, args.connections, args.duration)
+                    sample = wrk(urls[name], script, args.client_core, args.connections, args.duration,
+                                 procs[name].pid)
                     results[name].append(sample)
-                    print(f"run {run + 1}/{args.runs} {name:16s} {sample.rps:8.0f} req/s  p50 {sample.p50_ms:6.2f} ms  "
-                          f"p99 {sample.p99_ms:6.2f} ms  errors {sample.errors}", flush=True)
+                    print(f"run {run + 1}/{args.runs} {name:17s} {sample.rps:8.0f} req/s  p50 {sample.p50_ms:6.2f} ms  "
+                          f"p99 {sample.p99_ms:6.2f} ms  cpu {sample.cpu_us:6.1f} us/req  errors {sample.errors}",
+                          flush=True)
             load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
         finally:
             for proc in procs.values():
