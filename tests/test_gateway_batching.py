@@ -61,7 +61,7 @@ def concurrently(url: str, bodies: list[dict], ids: list[str]) -> list[httpx.Res
 
 def test_observers_see_every_batch_and_their_errors_never_reach_a_response(registry_with_model, tmp_path) -> None:
     uri, version = registry_with_model
-    settings = settings_for(uri, [MODEL], tmp_path, batching={"max_delay_ms": 30.0, "max_batch_size": 64})
+    settings = settings_for(uri, [MODEL], tmp_path, batching={"max_delay_ms": 100.0, "max_batch_size": 64})
     rng = np.random.default_rng(0)
     sizes = [1, 3, 1, 2, 1, 1, 5, 1, 1, 1, 2, 1]
     inputs = [rng.normal(size=(n, 8)).astype(np.float32) for n in sizes]

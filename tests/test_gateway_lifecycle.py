@@ -229,7 +229,7 @@ def test_sigterm_finishes_in_flight_requests_then_exits_cleanly(tmp_path: Path) 
         v1 = register_tiny(reg, MODEL, seed=1)
         reg.promote(MODEL, v1, "production")
     # a long batch delay keeps the requests queued inside the gateway when the signal arrives
-    args = ["--registry", uri, "--model", MODEL, "--max-batch-delay-ms", "1500", "--cache-dir", str(tmp_path / "c")]
+    args = ["--registry", uri, "--model", MODEL, "--max-batch-delay-ms", "3000", "--cache-dir", str(tmp_path / "c")]
     with GatewayProcess(args) as gw:
         gw.wait_ready()
         answers: list[httpx.Response | Exception] = []

@@ -245,7 +245,7 @@ def test_batched_answers_match_single_row_answers(tmp_path: Path) -> None:
     rows = np.random.default_rng(3).normal(size=(48, 8)).astype(np.float32)
     with torch.inference_mode():
         expected = module(torch.from_numpy(rows)).numpy()[:, 0]
-    settings = settings_for(uri, [MODEL], tmp_path, batching={"max_delay_ms": 50.0, "max_batch_size": 64})
+    settings = settings_for(uri, [MODEL], tmp_path, batching={"max_delay_ms": 100.0, "max_batch_size": 64})
     with ThreadedGateway(settings) as gw:
         gw.wait_serving(MODEL, v1)
         results: dict[int, float] = {}
