@@ -11,6 +11,7 @@ from .device import DeviceMemory
 from .endpoints import build_routes
 from .error_responses import error_response
 from .lifespan import batchers, device_executors, frozen_heap, registry_client, stages_and_pollers
+from .loop_lifespan import drift_watches, prediction_log, read_policies, shadow_mirrors
 from .metrics import GatewayMetrics
 from .settings import GatewaySettings
 
@@ -20,11 +21,12 @@ def create_app(settings: GatewaySettings, *, memory: DeviceMemory | None = None)
     memory-safe swap order on machines without a GPU."""
     metrics = GatewayMetrics()
     plane = DataPlane(settings, metrics, memory or DeviceMemory())
+    plane.policies = read_policies(settings.drift.policies, settings.models)
     metrics.add_live_state(plane.live_state)
     app = Litestar(
         route_handlers=build_routes(plane, AdminGuard(settings.server.admin_token)),
         lifespan=[registry_client(plane), device_executors(plane), stages_and_pollers(plane), batchers(plane),
-                  frozen_heap(plane)],
+                  prediction_log(plane), shadow_mirrors(plane), drift_watches(plane), frozen_heap(plane)],
         exception_handlers={Exception: error_response},
         request_max_body_size=settings.server.max_body_bytes,
         openapi_config=None,

@@ -65,6 +65,27 @@ def register_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"],
                    help="env INFERLOOP_LOG_LEVEL, default info")
     p.add_argument("--access-log", action="store_const", const=True, help="log every request (env INFERLOOP_ACCESS_LOG)")
+    p.add_argument("--policies", metavar="DIR",
+                   help="directory of model policies: shadow: and monitor: sections (env INFERLOOP_POLICIES)")
+    p.add_argument("--trainer-url", metavar="URL",
+                   help="trainer service for drift-triggered retraining (env INFERLOOP_TRAINER_URL)")
+    p.add_argument("--shadow", choices=["on", "off"], help="serve shadow versions and mirror traffic "
+                                                           "(env INFERLOOP_SHADOW, default on)")
+    p.add_argument("--shadow-budget", type=float, metavar="F",
+                   help="largest share of inference time the shadow may use (env INFERLOOP_SHADOW_BUDGET, "
+                        "default 0.25)")
+    p.add_argument("--shadow-queue-rows", type=int, metavar="N",
+                   help="rows waiting for the shadow at most (env INFERLOOP_SHADOW_QUEUE_ROWS, default 4096)")
+    p.add_argument("--shadow-timeout", type=float, metavar="S",
+                   help="a shadow batch longer than this is an error (env INFERLOOP_SHADOW_TIMEOUT, default 5)")
+    p.add_argument("--shadow-interval", type=float, metavar="S",
+                   help="shadow report evaluation period (env INFERLOOP_SHADOW_INTERVAL, default 5)")
+    p.add_argument("--prediction-log", metavar="DIR|URI",
+                   help="joined prediction records: a directory or s3://BUCKET/PREFIX (env INFERLOOP_PREDICTION_LOG)")
+    p.add_argument("--log-sample-rate", type=float, metavar="F",
+                   help="share of non-mirrored requests logged (env INFERLOOP_LOG_SAMPLE_RATE, default 0)")
+    p.add_argument("--drift", choices=["on", "off"], help="streaming PSI drift monitoring (env INFERLOOP_DRIFT, "
+                                                          "default on)")
     p.add_argument("--no-gc-freeze", dest="gc_freeze", action="store_const", const=False,
                    help="do not freeze start-up objects out of the garbage collector (env INFERLOOP_GC_FREEZE=0)")
 
@@ -73,8 +94,9 @@ def _flags(args: argparse.Namespace) -> dict[str, object]:
     from inferloop.cli import UsageError
 
     flags = dict(vars(args))
-    if flags.get("batching") is not None:
-        flags["batching"] = flags["batching"] == "on"
+    for switch in ("batching", "shadow", "drift"):
+        if flags.get(switch) is not None:
+            flags[switch] = flags[switch] == "on"
     token_file = flags.pop("admin_token_file", None)
     if token_file is not None:
         try:

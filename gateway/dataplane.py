@@ -20,13 +20,17 @@ if TYPE_CHECKING:
     import numpy as np
 
     from registry import AsyncRegistry, StagePointer
+    from registry.policy import Policy
 
     from .batcher import BatchObserver, MicroBatcher, Prediction
     from .device import DeviceExecutor, DeviceMemory
+    from .drift_watch import DriftWatch
     from .events import EventRecorder
     from .metrics import GatewayMetrics
     from .poller import StagePoller
+    from .prediction_log import PredictionLog
     from .settings import GatewaySettings
+    from .shadow import ShadowMirror
     from .slot import ModelSignature
     from .stage import ModelStage
 
@@ -41,6 +45,9 @@ class ServedModel:
     stages: dict[str, ModelStage] = field(default_factory=dict)
     pollers: dict[str, StagePoller] = field(default_factory=dict)
     batcher: MicroBatcher | None = None  # the primary (production) batcher
+    policy: Policy | None = None  # its policy file, if the gateway was given a policies directory
+    mirror: ShadowMirror | None = None  # shadow traffic (when shadow is enabled)
+    drift: DriftWatch | None = None  # streaming PSI and retrain trigger (when drift is enabled)
 
     @property
     def primary(self) -> ModelStage:
@@ -58,6 +65,9 @@ class DataPlane:
         self.device = "cpu"
         self.infer_executor: DeviceExecutor | None = None
         self.load_executor: DeviceExecutor | None = None
+        self.shadow_executor: DeviceExecutor | None = None
+        self.prediction_log: PredictionLog | None = None
+        self.policies: dict[str, Policy] = {}
 
     # -- inference ------------------------------------------------------------------------------
     def served(self, name: str) -> ServedModel:
@@ -113,6 +123,7 @@ class DataPlane:
             if model.batcher is not None:
                 yield "inferloop_batch_queue_rows", {"model": name, "role": model.batcher.role}, \
                     model.batcher.queued_rows
+        yield from self.drift_samples()
 
     # -- admin ----------------------------------------------------------------------------------
     def _registry(self) -> AsyncRegistry:
@@ -160,6 +171,31 @@ class DataPlane:
         result["serving"] = {"applied": stage.serving_version == target, "version": stage.serving_version,
                              "error": last.error if failed and last else None}
         return result
+
+    # -- shadow and drift ---------------------------------------------------------------------
+    def shadow_report(self, name: str) -> dict[str, Any]:
+        model = self.served(name)
+        if model.mirror is None:
+            raise ModelNotReady(f"shadow traffic is disabled on this gateway for {name!r}")
+        return model.mirror.report()
+
+    def set_shadow_sample_rate(self, name: str, rate: float) -> dict[str, Any]:
+        model = self.served(name)
+        if model.mirror is None:
+            raise ModelNotReady(f"shadow traffic is disabled on this gateway for {name!r}")
+        model.mirror.sample_rate = rate
+        return {"model": name, "sample_rate": rate}
+
+    def drift_state(self, name: str) -> dict[str, Any]:
+        model = self.served(name)
+        if model.drift is None:
+            raise ModelNotReady(f"drift monitoring is disabled on this gateway for {name!r}")
+        return model.drift.state()
+
+    def drift_samples(self) -> Iterable[tuple[str, dict[str, str], float]]:
+        for model in self.models.values():
+            if model.drift is not None:
+                yield from model.drift.bin_samples()
 
     def status(self, name: str) -> dict[str, Any]:
         model = self.served(name)

@@ -43,6 +43,14 @@ class PromoteBody(msgspec.Struct, forbid_unknown_fields=True):
     actor: str | None = None
 
 
+class SamplingBody(msgspec.Struct, forbid_unknown_fields=True):
+    sample_rate: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.sample_rate <= 1.0:
+            raise ValueError("sample_rate must be between 0 and 1")
+
+
 class RollbackBody(msgspec.Struct, forbid_unknown_fields=True):
     stage: str = "production"
     reason: str = ""
@@ -175,5 +183,21 @@ def build_routes(plane: DataPlane, guard: AdminGuard) -> list[HTTPRouteHandler]:
         authorize(request)
         return _json(encode(plane.status(request.path_params["name"])))
 
+    @get("/admin/models/{name:str}/shadow")
+    async def shadow_report(request: Request) -> ASGIResponse:
+        authorize(request)
+        return _json(encode(plane.shadow_report(request.path_params["name"])))
+
+    @post("/admin/models/{name:str}/shadow", status_code=200)
+    async def shadow_sampling(request: Request) -> ASGIResponse:
+        authorize(request)
+        body: SamplingBody = _decode_admin(await request.body(), SamplingBody)
+        return _json(encode(plane.set_shadow_sample_rate(request.path_params["name"], body.sample_rate)))
+
+    @get("/admin/models/{name:str}/drift")
+    async def drift_state(request: Request) -> ASGIResponse:
+        authorize(request)
+        return _json(encode(plane.drift_state(request.path_params["name"])))
+
     return [infer, predict, live, ready, server_metadata, model_metadata, model_ready, prometheus, promote, rollback,
-            admin_status]
+            admin_status, shadow_report, shadow_sampling, drift_state]

@@ -85,7 +85,7 @@ def stages_and_pollers(plane: DataPlane, stages: tuple[str, ...] = (PRIMARY_STAG
         loader = SlotLoader(blobs, plane.load_executor, plane.device)
         tasks: list[asyncio.Task[None]] = []
         for name in dict.fromkeys(settings.models):  # a name given twice is served once
-            model = plane.models.setdefault(name, ServedModel(name))
+            model = plane.models.setdefault(name, ServedModel(name, policy=plane.policies.get(name)))
             for stage_name in stages:
                 stage = ModelStage(name, stage_name, registry=plane.registry, loader=loader, memory=plane.memory,
                                    events=plane.events, metrics=plane.metrics,

@@ -30,16 +30,22 @@ class LiveStateCollector(Collector):
     def __init__(self, read: Callable[[], Iterable[tuple[str, dict[str, str], float]]]) -> None:
         self._read = read
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        families: dict[str, GaugeMetricFamily] = {}
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
         helps = {
             "inferloop_model_slots": "Loaded model slots by lifecycle state",
             "inferloop_batch_queue_rows": "Rows waiting in a model's micro-batch queue",
+            "inferloop_feature_bin_total": "Live inputs counted in each reference bin (mergeable across replicas)",
+            "inferloop_feature_reference_fraction": "Smoothed reference fraction of each bin (for the PSI rule)",
         }
         for name, labels, value in self._read():
             family = families.get(name)
             if family is None:
-                family = families[name] = GaugeMetricFamily(name, helps.get(name, name), labels=list(labels))
+                help_ = helps.get(name, name)
+                # names ending in _total are counters (cumulative, never reset while a reference lives)
+                family = families[name] = (CounterMetricFamily(name[:-6], help_, labels=list(labels))
+                                           if name.endswith("_total") else
+                                           GaugeMetricFamily(name, help_, labels=list(labels)))
             family.add_metric(list(labels.values()), value)
         return list(families.values())
 
@@ -136,6 +142,27 @@ class GatewayMetrics:
                                    ["model", "stage"], registry=r)
         self.observer_errors = Counter("inferloop_batch_observer_errors", "Batch observers that raised",
                                        ["model", "observer"], registry=r)
+        # shadow traffic and drift (gateway.shadow, gateway.drift_watch)
+        self.shadow_dropped = Counter("inferloop_shadow_dropped", "Mirrored requests dropped before the shadow ran",
+                                      ["model", "reason"], registry=r)
+        self.shadow_errors = Counter("inferloop_shadow_errors", "Mirrored requests the shadow failed on",
+                                     ["model", "reason"], registry=r)
+        self.shadow_prediction_psi = Gauge("inferloop_shadow_prediction_psi",
+                                           "PSI between shadow and primary prediction distributions", ["model"],
+                                           registry=r)
+        self.shadow_agreement = Gauge("inferloop_shadow_agreement",
+                                      "Share of mirrored rows where shadow and primary labels agree", ["model"],
+                                      registry=r)
+        self.shadow_compared = Gauge("inferloop_shadow_compared", "Paired predictions in the current shadow report",
+                                     ["model"], registry=r)
+        self.shadow_promotions = Counter("inferloop_shadow_promotions", "Shadow versions promoted on evidence",
+                                         ["model"], registry=r)
+        self.feature_psi = Gauge("inferloop_feature_psi", "PSI of the last closed window, per feature (this replica)",
+                                 ["model", "feature"], registry=r)
+        self.drift_triggers = Counter("inferloop_drift_triggers", "Drift trips that requested a retrain", ["model"],
+                                      registry=r)
+        self.prediction_log_dropped = Counter("inferloop_prediction_log_dropped",
+                                              "Prediction records dropped (buffer full or sink failing)", registry=r)
 
     def add_live_state(self, read: Callable[[], Iterable[tuple[str, dict[str, str], float]]]) -> None:
         self.registry.register(LiveStateCollector(read))

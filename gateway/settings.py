@@ -86,6 +86,41 @@ class RuntimeSettings(Settings, frozen=True):
     """GPU memory wanted on top of a model's weights before loading it beside the serving one."""
 
 
+Share = Annotated[float, msgspec.Meta(ge=0, le=1)]
+
+
+class ShadowSettings(Settings, frozen=True):
+    enabled: bool = True
+    """Load each model's `shadow` version and mirror sampled live requests to it."""
+    budget: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.25
+    """Most of all inference time the shadow may use; beyond it mirrored batches are dropped and counted."""
+    queue_rows: PositiveInt = 4096
+    """Rows waiting for the shadow at most; overflow drops and counts."""
+    max_batch_rows: PositiveInt = 256
+    """Rows per shadow forward pass at most."""
+    timeout_s: Positive = 5.0
+    """A shadow batch running longer counts as an error (and blocks new ones until it ends)."""
+    report_window: PositiveInt = 20_000
+    """Paired predictions the rolling shadow report keeps per version pair."""
+    evaluate_interval_s: Positive = 5.0
+    """How often the shadow report is published to metrics and the promotion rules are checked."""
+    prediction_log: str | None = None
+    """Where joined prediction records go: a directory, file://DIR or s3://BUCKET/PREFIX (unset: no log)."""
+    log_sample_rate: Share = 0.0
+    """Share of requests not mirrored that are logged too (primary output only)."""
+
+
+class DriftSettings(Settings, frozen=True):
+    enabled: bool = True
+    """Count live inputs against the production version's reference bins and evaluate PSI."""
+    policies: str | None = None
+    """Directory of model policies (YAML); a model's `shadow:` and `monitor:` sections come from there."""
+    trainer_url: str | None = None
+    """Base URL of `inferloop trainer serve` for `on_trigger: {action: retrain}` without its own `url`."""
+    evaluate_interval_s: Positive = 1.0
+    """How often windows are checked for closing."""
+
+
 class GatewaySettings(Settings, frozen=True):
     models: tuple[str, ...] = ()
     """Model names to serve from their `production` pointers."""
@@ -93,6 +128,8 @@ class GatewaySettings(Settings, frozen=True):
     registry: RegistrySettings = RegistrySettings()
     batching: BatchingSettings = BatchingSettings()
     runtime: RuntimeSettings = RuntimeSettings()
+    shadow: ShadowSettings = ShadowSettings()
+    drift: DriftSettings = DriftSettings()
 
 
 class SettingsError(ValueError):
@@ -129,6 +166,16 @@ SOURCES: dict[tuple[str, str], tuple[str, str]] = {
     ("runtime", "cache_max_bytes"): ("cache_max_bytes", "INFERLOOP_CACHE_MAX_BYTES"),
     ("runtime", "torch_threads"): ("torch_threads", "INFERLOOP_TORCH_THREADS"),
     ("runtime", "load_headroom_bytes"): ("load_headroom_bytes", "INFERLOOP_LOAD_HEADROOM_BYTES"),
+    ("shadow", "enabled"): ("shadow", "INFERLOOP_SHADOW"),
+    ("shadow", "budget"): ("shadow_budget", "INFERLOOP_SHADOW_BUDGET"),
+    ("shadow", "queue_rows"): ("shadow_queue_rows", "INFERLOOP_SHADOW_QUEUE_ROWS"),
+    ("shadow", "timeout_s"): ("shadow_timeout", "INFERLOOP_SHADOW_TIMEOUT"),
+    ("shadow", "prediction_log"): ("prediction_log", "INFERLOOP_PREDICTION_LOG"),
+    ("shadow", "log_sample_rate"): ("log_sample_rate", "INFERLOOP_LOG_SAMPLE_RATE"),
+    ("shadow", "evaluate_interval_s"): ("shadow_interval", "INFERLOOP_SHADOW_INTERVAL"),
+    ("drift", "enabled"): ("drift", "INFERLOOP_DRIFT"),
+    ("drift", "policies"): ("policies", "INFERLOOP_POLICIES"),
+    ("drift", "trainer_url"): ("trainer_url", "INFERLOOP_TRAINER_URL"),
 }
 
 _BOOLEAN = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}

@@ -22,10 +22,12 @@ from gateway.app import create_app
 from gateway.device import DeviceMemory
 from gateway.settings import (
     BatchingSettings,
+    DriftSettings,
     GatewaySettings,
     RegistrySettings,
     RuntimeSettings,
     ServerSettings,
+    ShadowSettings,
 )
 
 TOKEN = "test-admin-token"
@@ -36,7 +38,8 @@ T = TypeVar("T")
 def settings_for(registry_uri: str, models: list[str], tmp_path: Path, *, admin_token: str | None = TOKEN,
                  poll_interval: float = 0.1, server: dict[str, Any] | None = None,
                  batching: dict[str, Any] | None = None, runtime: dict[str, Any] | None = None,
-                 registry: dict[str, Any] | None = None) -> GatewaySettings:
+                 registry: dict[str, Any] | None = None, shadow: dict[str, Any] | None = None,
+                 drift: dict[str, Any] | None = None) -> GatewaySettings:
     return GatewaySettings(
         models=tuple(models),
         server=ServerSettings(admin_token=admin_token, log_level="warning", gc_freeze=False, admin_wait_s=20.0,
@@ -45,6 +48,8 @@ def settings_for(registry_uri: str, models: list[str], tmp_path: Path, *, admin_
                                   retry_max_s=1.0, **(registry or {})),
         batching=BatchingSettings(**(batching or {})),
         runtime=RuntimeSettings(device="cpu", cache_dir=str(tmp_path / "blob-cache"), **(runtime or {})),
+        shadow=ShadowSettings(**(shadow or {})),
+        drift=DriftSettings(**(drift or {})),
     )
 
 

@@ -1,0 +1,167 @@
+"""Lifespan managers for the closed-loop features, entered after the batchers:
+
+    prediction log → shadow stages, mirrors and their evaluator → drift watches and their timer
+
+and left in reverse: drift deliveries cancelled, mirrors drain their queues, shadow slots released,
+and last the prediction log flushes every record it accepted (so SIGTERM loses none).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from registry.policy import MonitorPolicy, ShadowPolicy, load_policies
+
+from .device import DeviceExecutor
+from .drift_watch import DriftWatch, drift_timer
+from .poller import StagePoller
+from .prediction_log import LocalDirSink, PredictionLog, StoreSink
+from .shadow import ShadowMirror, auto_promote_loop
+from .stage import ModelStage
+
+if TYPE_CHECKING:
+    from litestar import Litestar
+
+    from registry.policy import Policy
+
+    from .dataplane import DataPlane
+    from .lifespan import Lifespan
+
+log = logging.getLogger("inferloop.gateway")
+SHADOW_STAGE = "shadow"
+
+
+def read_policies(directory: str | None, models: tuple[str, ...]) -> dict[str, Policy]:
+    """The policies of the served models (a bad policy file fails start-up with its message)."""
+    if not directory:
+        return {}
+    found = load_policies(directory)
+    return {name: found[name][1] for name in models if name in found}
+
+
+def prediction_log(plane: DataPlane) -> Lifespan:
+    @contextlib.asynccontextmanager
+    async def manage(_app: Litestar) -> AsyncIterator[None]:
+        target = plane.settings.shadow.prediction_log
+        plane.prediction_log = None
+        if target:
+            if "://" in target and not target.startswith("file://"):
+                from registry.store import open_store
+
+                sink = StoreSink(open_store(target, s3_endpoint=plane.settings.registry.s3_endpoint))
+            else:
+                sink = LocalDirSink(target.removeprefix("file://"))
+            dropped = plane.metrics.prediction_log_dropped
+            plane.prediction_log = PredictionLog(sink, on_drop=dropped.inc)
+            plane.prediction_log.start()
+        try:
+            yield
+        finally:
+            if plane.prediction_log is not None:
+                await plane.prediction_log.close()
+                plane.prediction_log = None
+
+    return manage
+
+
+def shadow_mirrors(plane: DataPlane) -> Lifespan:
+    """A `shadow` stage (same load/verify/swap path as production), its poller, and a mirror per model."""
+
+    @contextlib.asynccontextmanager
+    async def manage(_app: Litestar) -> AsyncIterator[None]:
+        settings = plane.settings
+        if not settings.shadow.enabled:
+            yield
+            return
+        assert plane.registry is not None and plane.events is not None
+        plane.shadow_executor = DeviceExecutor(plane.device, "shadow", 1)
+        tasks: list[asyncio.Task[None]] = []
+        loop = asyncio.get_running_loop()
+        for name, model in plane.models.items():
+            primary = model.primary
+            stage = ModelStage(name, SHADOW_STAGE, registry=plane.registry, loader=primary.loader,
+                               memory=plane.memory, events=plane.events, metrics=plane.metrics,
+                               cache_versions=0, headroom_bytes=settings.runtime.load_headroom_bytes)
+            poller = StagePoller(plane.registry, stage, settings.registry, plane.metrics)
+            model.stages[SHADOW_STAGE], model.pollers[SHADOW_STAGE] = stage, poller
+            tasks.append(loop.create_task(poller.run(), name=f"poll-{name}-shadow"))
+            rules = model.policy.shadow if model.policy and model.policy.shadow else ShadowPolicy()
+            mirror = ShadowMirror(name, stage, plane.shadow_executor, settings.shadow, rules, plane.metrics,
+                                  plane.prediction_log, primary)
+            model.mirror = mirror
+            mirror.start()
+            assert model.batcher is not None
+            model.batcher.observers.append(mirror)
+            tasks.append(loop.create_task(auto_promote_loop(mirror, plane.registry, plane.events, poller,
+                                                            model.pollers[primary.stage],
+                                                            settings.shadow.evaluate_interval_s),
+                                          name=f"shadow-eval-{name}"))
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for model in plane.models.values():
+                if model.mirror is not None:
+                    if model.batcher is not None and model.mirror in model.batcher.observers:
+                        model.batcher.observers.remove(model.mirror)
+                    await model.mirror.stop()
+                    model.mirror = None
+                stage = model.stages.pop(SHADOW_STAGE, None)
+                model.pollers.pop(SHADOW_STAGE, None)
+                if stage is not None:
+                    await stage.close()
+            await asyncio.to_thread(plane.shadow_executor.shutdown)
+            plane.shadow_executor = None
+
+    return manage
+
+
+def drift_watches(plane: DataPlane) -> Lifespan:
+    @contextlib.asynccontextmanager
+    async def manage(_app: Litestar) -> AsyncIterator[None]:
+        settings = plane.settings
+        if not settings.drift.enabled:
+            yield
+            return
+        import httpx
+
+        assert plane.events is not None
+        http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=3.0))
+        watches: list[DriftWatch] = []
+        for name, model in plane.models.items():
+            configured = model.policy.monitor if model.policy else None
+            policy = configured or MonitorPolicy()
+            if policy.on_trigger.action == "retrain" and policy.on_trigger.url is None and settings.drift.trainer_url:
+                policy = msgspec.structs.replace(
+                    policy, on_trigger=msgspec.structs.replace(policy.on_trigger, url=settings.drift.trainer_url))
+            # Without a monitor: section drift is measured and recorded, but nothing is triggered.
+            watch = DriftWatch(name, policy, model.primary, plane.metrics, plane.events, http,
+                               trigger_enabled=configured is not None)
+            model.drift = watch
+            assert model.batcher is not None
+            model.batcher.observers.append(watch)
+            watches.append(watch)
+        timer = asyncio.get_running_loop().create_task(drift_timer(watches, settings.drift.evaluate_interval_s),
+                                                       name="drift-timer")
+        try:
+            yield
+        finally:
+            timer.cancel()
+            await asyncio.gather(timer, return_exceptions=True)
+            for model in plane.models.values():
+                if model.drift is not None:
+                    if model.batcher is not None and model.drift in model.batcher.observers:
+                        model.batcher.observers.remove(model.drift)
+                    await model.drift.close()
+                    model.drift = None
+            await http.aclose()
+
+    return manage
