@@ -168,7 +168,7 @@ class ShadowMirror:
         ids = batch.request_ids
         splits = batch.row_splits
         rate = self.sample_rate
-        if shadow is None or rate <= 0:
+        if shadow is None or rate <= 0 or shadow.version == batch.version:  # nothing to compare
             self._log_unmirrored(batch, range(len(ids)))
             return
         chosen = [i for i, rid in enumerate(ids) if in_sample(rid, rate)] if rate < 1 else list(range(len(ids)))
