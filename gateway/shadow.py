@@ -142,6 +142,10 @@ class ShadowMirror:
         self._promoted: set[tuple[int | None, int | None]] = set()
         self.dropped: dict[str, int] = {}
         self.errors: dict[str, int] = {}
+        for reason in ("queue_full", "budget", "busy", "no_shadow"):  # series exist at 0 before the first drop
+            metrics.shadow_dropped.labels(model, reason)
+        for reason in ("exception", "non_finite", "timeout", "internal"):
+            metrics.shadow_errors.labels(model, reason)
         self._hist = metrics.inference_duration.labels(model, "shadow")
         self._ok = metrics.requests.labels(model, "shadow", "200")
         self._failed = metrics.requests.labels(model, "shadow", "500")
