@@ -182,7 +182,7 @@ class AsyncRegistry:
             "artifact": info.digest, "spec": info.spec, "code": lineage.code, "data": lineage.data,
             "params": lineage.params, "seed": lineage.seed, "world_size": lineage.world_size,
         }))
-        existing, latest = await self._find_identity(name, identity)
+        existing, latest = await self._find_identity(name, identity, actor)
         if existing is not None:
             return existing, False
         number = latest + 1
@@ -199,15 +199,27 @@ class AsyncRegistry:
             except Conflict:
                 number += 1  # another writer took this number: try the next
         failpoint("register.after_manifest")
-        try:
-            await self.store.put_if_absent(layout.identity(name, identity), encode({"version": number}))
-        except Conflict:
-            pass
-        await self.append_event(name, "registered", actor=actor, version=number,
-                                details={"artifact_digest": digest, "identity": identity, "tags": manifest.tags})
+        if await self._index_identity(manifest):
+            await self._log_registered(manifest, actor)
         return manifest, True
 
-    async def _find_identity(self, name: str, identity: str) -> tuple[VersionManifest | None, int]:
+    async def _index_identity(self, manifest: VersionManifest) -> bool:
+        """Index the manifest's identity; False when another writer indexed this very version first
+        (a retry finishing a crashed registration), which then also logged its `registered` event.
+        Whoever writes the index logs the event, so a version is logged once, even after a crash."""
+        key = layout.identity(manifest.name, manifest.identity)
+        try:
+            await self.store.put_if_absent(key, encode({"version": manifest.version}))
+        except Conflict:
+            return _decode((await self.store.get(key)).data, dict, "identity index")["version"] != manifest.version
+        return True
+
+    async def _log_registered(self, manifest: VersionManifest, actor: str, **extra: Any) -> None:
+        await self.append_event(manifest.name, "registered", actor=actor, version=manifest.version,
+                                details={"artifact_digest": manifest.artifact.digest, "identity": manifest.identity,
+                                         "tags": manifest.tags, **extra})
+
+    async def _find_identity(self, name: str, identity: str, actor: str) -> tuple[VersionManifest | None, int]:
         """The version registered with this identity, if any, and the latest version number."""
         try:
             obj = await self.store.get(layout.identity(name, identity))
@@ -215,15 +227,14 @@ class AsyncRegistry:
             return await self.get_manifest(name, version), 0
         except NotFound:
             pass
-        # A writer killed between its manifest and the index leaves the newest manifest unindexed.
+        # A writer killed between its manifest and the index leaves the newest manifest unindexed and
+        # unlogged: finish its registration.
         latest = await self.latest_version(name)
         if latest:
             manifest = await self.get_manifest(name, latest)
             if manifest.identity == identity:
-                try:
-                    await self.store.put_if_absent(layout.identity(name, identity), encode({"version": latest}))
-                except Conflict:
-                    pass
+                if await self._index_identity(manifest):
+                    await self._log_registered(manifest, actor, recovered=True)
                 return manifest, latest
         return None, latest
 
