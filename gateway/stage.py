@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from registry import RegistryError
+from registry.failpoints import failpoint
 
 from .errors import LoadFailed
 from .slot import ModelSignature, ModelSlot
@@ -162,6 +163,8 @@ class ModelStage:
             self.loads += 1
         else:
             self.reuses += 1
+        if previous is not None:
+            failpoint("gateway.swap.before_switch")  # fault-injection tests kill a swap here
         old = self._switch(slot)
         self._record_swap(previous, version, reused=reused, safe=safe, seconds=0.0 if reused else slot.load_seconds,
                           trigger=trigger)
