@@ -194,6 +194,9 @@ class Answer:
     status: int  # 0: no HTTP answer (connection refused, reset, closed before a response)
     version: int | None
     body: str = ""
+    outputs: list[float] | None = None  # the OIP output tensor's data, when 200
+    sent: float = 0.0  # time.monotonic() before sending and after the answer
+    received: float = 0.0
 
 
 class Load:
@@ -214,15 +217,18 @@ class Load:
         with httpx.Client(base_url=self.url, timeout=30) as client:
             while not self._stop.is_set():
                 rid = f"load-{t}-{next(self._ids)}"
+                sent = time.monotonic()
                 try:
                     r = client.post(f"/v2/models/{self.model}/infer", json=self.body_for(rid),
                                     headers={"x-request-id": rid})
                 except httpx.HTTPError as exc:
-                    self.answers.append(Answer(rid, 0, None, repr(exc)))
+                    self.answers.append(Answer(rid, 0, None, repr(exc), sent=sent, received=time.monotonic()))
                     time.sleep(0.01)  # the server is gone or going: do not spin
                     continue
-                version = int(r.headers["x-model-version"]) if r.status_code == 200 else None
-                self.answers.append(Answer(rid, r.status_code, version, "" if r.status_code == 200 else r.text))
+                ok = r.status_code == 200
+                self.answers.append(Answer(rid, r.status_code, int(r.headers["x-model-version"]) if ok else None,
+                                           "" if ok else r.text, r.json()["outputs"][0]["data"] if ok else None,
+                                           sent, time.monotonic()))
 
     def __enter__(self) -> Load:
         for t in self._threads:
