@@ -71,6 +71,22 @@ def register(root: Path, model) -> None:
     reg.promote("bench", version, "production")
 
 
+def gateway_source(work: Path, ref: str | None) -> tuple[Path, str]:
+    """The tree the gateway runs from, and how the results name it."""
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], cwd=configs.REPO, capture_output=True, text=True, check=True).stdout
+    if ref is None:
+        dirty = " + uncommitted changes" if git("status", "--porcelain", "--", "gateway", "registry",
+                                                 "inferloop").strip() else ""
+        return configs.REPO, f"working tree at {git('rev-parse', '--short', 'HEAD').strip()}{dirty}"
+    commit = git("rev-parse", "--short", f"{ref}^{{commit}}").strip()
+    src = work / "gateway-src"
+    src.mkdir()
+    archive = subprocess.run(["git", "archive", commit], cwd=configs.REPO, capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True)
+    return src, f"commit {commit}"
+
+
 def _close(answer: object, expected: float) -> bool:
     if isinstance(answer, bool):
         return False
@@ -182,7 +198,8 @@ def select(only: str | None) -> list[Config]:
     return [c for c in CONFIGS if c.peer in wanted or c.peer == "bare"]
 
 
-def write(path: Path, command: str, args: argparse.Namespace, results: list[Result], wall: float) -> str:
+def write(path: Path, command: str, args: argparse.Namespace, results: list[Result], wall: float,
+          gateway_from: str) -> str:
     ceiling = next((r for r in results if r.config.peer == "bare"), None)
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())
@@ -195,7 +212,7 @@ def write(path: Path, command: str, args: argparse.Namespace, results: list[Resu
 {time.strftime("%Y-%m-%d %H:%M %Z")} · {cpu} · wrk pinned to CPU {LOADGEN_CPU}, each server's process tree
 to CPU {SERVER_CPU} · {args.connections} connections · warm-up {args.warmup} s (TorchServe at least 15 s)
 then {args.runs} × {args.duration} s per configuration · medians · RSS = sum over the server's process
-tree after the runs · whole run {wall / 60:.1f} min.
+tree after the runs · gateway from the {gateway_from} · whole run {wall / 60:.1f} min.
 
 The bare ceiling stays up for the whole run; each run of a server is preceded by a run of the bare
 ceiling ("bare req/s alongside"), and "vs bare" divides each figure by the ceiling's median over those
@@ -228,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
     p.add_argument("--setup", action="store_true", help="create missing peer venvs first")
     p.add_argument("--output", type=Path, default=RESULTS, help=f"results file (default {RESULTS.name})")
+    p.add_argument("--gateway-ref", metavar="REF",
+                   help="run the gateway from this commit (git archive) instead of the working tree")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory (server logs)")
     args = p.parse_args(argv)
     command = "python -m loadtests.bench_peers " + shlex.join(argv if argv is not None else sys.argv[1:])
@@ -237,8 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-peers-"))
     results: list[Result] = []
     ceiling: Target | None = None
+    gateway_from = "-"
     try:
         ctx, expected = prepare(work, any(c.peer == "gateway" for c in chosen))
+        ctx.gateway_src, gateway_from = gateway_source(work, args.gateway_ref)
         for cfg in chosen:
             print(f"== {cfg.key}", flush=True)
             why = ensure_env(cfg, args.setup, work)
@@ -257,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
         else:
             print(f"scratch directory kept: {work}")
-    text = write(args.output, command, args, results, time.monotonic() - started)
+    text = write(args.output, command, args, results, time.monotonic() - started, gateway_from)
     print(text)
     return 0
 

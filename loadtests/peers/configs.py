@@ -30,6 +30,7 @@ class Context:
     weights: Path  # bench.safetensors, the same bytes for every server
     row: list[float]  # the single request row
     registry: Path | None = None  # file registry holding the same weights as model "bench" (gateway)
+    gateway_src: Path = REPO  # the source tree the gateway runs from (a checkout of --gateway-ref)
 
 
 @dataclass
@@ -220,7 +221,7 @@ def gateway(batching: bool) -> Callable[[Context, Path, int], Launch]:
                "--model", "bench", "--port", str(port), "--device", "cpu", "--torch-threads", "1",
                "--batching", "on" if batching else "off", "--log-level", "warning"]
         env = _env(ctx)
-        env["PYTHONPATH"] = str(REPO)
+        env["PYTHONPATH"] = str(ctx.gateway_src)
         return Launch(cmd, f"http://127.0.0.1:{port}/v2/models/bench/infer", oip_body(ctx.row), work, env,
                       ready_timeout=60)
     return build
