@@ -152,8 +152,8 @@ def render(results: dict[str, list[Sample]], command: str, args: argparse.Namesp
         f"{platform.python_version()}; wrk pinned to core {args.client_core}, servers to core {args.server_core}; "
         f"{args.connections} connections, {args.runs} runs × {args.duration:g} s per server, interleaved; medians "
         f"(\"per run\": the median of each run's ratio to (a) in the same round). Server CPU µs/req is the "
-        f"server process's CPU time (all threads, /proc) per answered request: other load on the core does not "
-        f"change it, so its ratio is the throughput ratio on a quiet core. "
+        f"server process's CPU time (all threads, /proc) per answered request: less sensitive to other load than "
+        f"req/s (though contention still inflates it), its ratio estimates the throughput ratio on a quiet core. "
         f"Load average before/after: {load[0]} / {load[1]} (the machine is shared; compare ratios within a run).",
         "",
         "| server | req/s | × (a) | × (a) per run | server CPU µs/req | (a) CPU / this CPU | p50 ms | p99 ms | "
