@@ -146,6 +146,14 @@ def build_routes(plane: DataPlane, guard: AdminGuard) -> list[HTTPRouteHandler]:
         ok = plane.model_ready(name)
         return _json(encode({"name": name, "ready": ok}), 200 if ok else 503)
 
+    from .openapi import openapi_document  # imports this module's admin bodies
+
+    api_document = encode(openapi_document())
+
+    @get("/openapi.json")
+    async def openapi() -> ASGIResponse:
+        return _json(api_document)
+
     @get("/metrics")
     async def prometheus() -> ASGIResponse:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -199,5 +207,5 @@ def build_routes(plane: DataPlane, guard: AdminGuard) -> list[HTTPRouteHandler]:
         authorize(request)
         return _json(encode(plane.drift_state(request.path_params["name"])))
 
-    return [infer, predict, live, ready, server_metadata, model_metadata, model_ready, prometheus, promote, rollback,
-            admin_status, shadow_report, shadow_sampling, drift_state]
+    return [infer, predict, live, ready, server_metadata, model_metadata, model_ready, openapi, prometheus, promote,
+            rollback, admin_status, shadow_report, shadow_sampling, drift_state]
