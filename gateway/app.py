@@ -13,6 +13,7 @@ from .error_responses import error_response
 from .lifespan import batchers, device_executors, frozen_heap, registry_client, stages_and_pollers
 from .loop_lifespan import drift_watches, prediction_log, read_policies, shadow_mirrors
 from .metrics import GatewayMetrics
+from .request_body import BodyReader
 from .settings import GatewaySettings
 
 
@@ -24,7 +25,8 @@ def create_app(settings: GatewaySettings, *, memory: DeviceMemory | None = None)
     plane.policies = read_policies(settings.drift.policies, settings.models)
     metrics.add_live_state(plane.live_state)
     app = Litestar(
-        route_handlers=build_routes(plane, AdminGuard(settings.server.admin_token)),
+        route_handlers=build_routes(plane, AdminGuard(settings.server.admin_token),
+                                    BodyReader(settings.server.body_timeout_s)),
         lifespan=[registry_client(plane), device_executors(plane), stages_and_pollers(plane), batchers(plane),
                   prediction_log(plane), shadow_mirrors(plane), drift_watches(plane), frozen_heap(plane)],
         exception_handlers={Exception: error_response},

@@ -42,6 +42,9 @@ def register_parser(sub: argparse._SubParsersAction) -> None:
                    help="largest request body (env INFERLOOP_MAX_BODY_BYTES, default 8 MiB)")
     p.add_argument("--max-request-rows", type=int, metavar="N",
                    help="most rows per request (env INFERLOOP_MAX_REQUEST_ROWS, default 1024)")
+    p.add_argument("--body-timeout", type=float, metavar="S",
+                   help="seconds a client may take to send a request body, else 408 (env INFERLOOP_BODY_TIMEOUT, "
+                        "default 30)")
     p.add_argument("--torch-threads", type=int, metavar="N", help="torch intra-op threads (env INFERLOOP_TORCH_THREADS)")
     p.add_argument("--admin-token-file", type=Path, metavar="FILE",
                    help="file holding the admin bearer token (else env INFERLOOP_ADMIN_TOKEN; none: admin disabled)")

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from .admin_auth import AdminGuard
     from .batcher import Prediction
     from .dataplane import DataPlane
+    from .request_body import BodyReader
     from .slot import ModelSignature
 
 JSON = "application/json"
@@ -69,7 +70,7 @@ def _decode_admin(body: bytes, kind: type[Any]) -> Any:
         raise InvalidInput(f"invalid admin request: {exc}") from None
 
 
-def build_routes(plane: DataPlane, guard: AdminGuard) -> list[HTTPRouteHandler]:
+def build_routes(plane: DataPlane, guard: AdminGuard, bodies: BodyReader) -> list[HTTPRouteHandler]:
     metrics = plane.metrics
     max_rows = plane.settings.server.max_request_rows
 
@@ -85,7 +86,7 @@ def build_routes(plane: DataPlane, guard: AdminGuard) -> list[HTTPRouteHandler]:
             scope["inferloop.request_id"] = head.request_id  # type: ignore[typeddict-unknown-key]
             check_json_body(head.content_type, binary_allowed)
             model = plane.served(name)
-            call = decode(await request.body(), head, plane.signature(model))
+            call = decode(await bodies.read(request), head, plane.signature(model))
             prediction = await plane.infer(model, call.rows, head.request_id)
             body, extra_headers, media = respond(name, prediction, call)
         except Exception as exc:
@@ -172,7 +173,7 @@ def build_routes(plane: DataPlane, guard: AdminGuard) -> list[HTTPRouteHandler]:
     async def promote(request: Request) -> ASGIResponse:
         authorize(request)
         name = request.path_params["name"]
-        body: PromoteBody = _decode_admin(await request.body(), PromoteBody)
+        body: PromoteBody = _decode_admin(await bodies.read(request), PromoteBody)
         result = await plane.promote(name, body.version, body.stage, reason=body.reason,
                                      actor=admin_actor(request, body.actor), expected_version=body.expected_version)
         return _json(encode(result))
@@ -181,7 +182,7 @@ def build_routes(plane: DataPlane, guard: AdminGuard) -> list[HTTPRouteHandler]:
     async def rollback(request: Request) -> ASGIResponse:
         authorize(request)
         name = request.path_params["name"]
-        body: RollbackBody = _decode_admin(await request.body(), RollbackBody)
+        body: RollbackBody = _decode_admin(await bodies.read(request), RollbackBody)
         result = await plane.rollback(name, body.stage, to_version=body.to_version, reason=body.reason,
                                       actor=admin_actor(request, body.actor))
         return _json(encode(result))
@@ -199,7 +200,7 @@ def build_routes(plane: DataPlane, guard: AdminGuard) -> list[HTTPRouteHandler]:
     @post("/admin/models/{name:str}/shadow", status_code=200)
     async def shadow_sampling(request: Request) -> ASGIResponse:
         authorize(request)
-        body: SamplingBody = _decode_admin(await request.body(), SamplingBody)
+        body: SamplingBody = _decode_admin(await bodies.read(request), SamplingBody)
         return _json(encode(plane.set_shadow_sample_rate(request.path_params["name"], body.sample_rate)))
 
     @get("/admin/models/{name:str}/drift")

@@ -18,10 +18,12 @@ from registry import Conflict, CorruptArtifact, InvalidName, NotFound, Unavailab
 
 from .errors import (
     AdminDisabled,
+    ClientDisconnected,
     InferenceFailed,
     InvalidInput,
     LoadFailed,
     ModelNotReady,
+    RequestTimeout,
     Unauthorized,
     UnknownModel,
     UnsupportedMediaType,
@@ -42,8 +44,10 @@ STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (AdminDisabled, 403),
     (UnknownModel, 404),
     (NotFound, 404),
+    (RequestTimeout, 408),
     (Conflict, 409),
     (UnsupportedMediaType, 415),
+    (ClientDisconnected, 499),  # nginx's "client closed request": nobody reads the answer, it is only counted
     (InferenceFailed, 500),
     (LoadFailed, 502),
     (CorruptArtifact, 502),
@@ -79,6 +83,8 @@ def error_response(request: Request, exc: Exception) -> Response[bytes]:
     headers = {"x-request-id": request_id_of(request.scope)}
     if status == 401:
         headers["www-authenticate"] = 'Bearer realm="inferloop-admin"'
+    elif status in (408, 413):  # the client may still be sending that body: close rather than wait for it
+        headers["connection"] = "close"
     if isinstance(exc, HTTPException) and exc.headers:
         headers.update(exc.headers)
     return Response(encode({"error": message_for(exc, status)}), status_code=status, headers=headers,

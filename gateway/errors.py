@@ -2,6 +2,8 @@
 
     GatewayError
     ├── InvalidInput          a request we cannot run: malformed body, wrong shape or datatype, NaN/Inf
+    ├── RequestTimeout        the body did not arrive within the body timeout (a slow or stalled client)
+    ├── ClientDisconnected    the client hung up before sending its whole body
     ├── UnsupportedMediaType  a Content-Type other than JSON (or the binary tensor extension)
     ├── UnknownModel          a model this gateway is not configured to serve
     ├── ModelNotReady         a configured model with no version loaded for the stage (yet)
@@ -23,6 +25,14 @@ class InvalidInput(GatewayError, ValueError):
 
 
 class UnsupportedMediaType(GatewayError):
+    pass
+
+
+class RequestTimeout(GatewayError):
+    pass
+
+
+class ClientDisconnected(GatewayError):
     pass
 
 

@@ -35,6 +35,8 @@ class ServerSettings(Settings, frozen=True):
     """Largest request body accepted; larger gets 413 before it is read in full."""
     max_request_rows: PositiveInt = 1024
     """Most rows one inference request may carry."""
+    body_timeout_s: Positive = 30.0
+    """How long a client may take to send a request body; a slower one gets 408 (slow-loris)."""
     admin_token: str | None = None
     """Bearer token for /admin; unset disables every admin endpoint (they answer 403)."""
     admin_wait_s: Positive = 30.0
@@ -144,6 +146,7 @@ SOURCES: dict[tuple[str, str], tuple[str, str]] = {
     ("server", "fd"): ("fd", "INFERLOOP_FD"),
     ("server", "max_body_bytes"): ("max_body_bytes", "INFERLOOP_MAX_BODY_BYTES"),
     ("server", "max_request_rows"): ("max_request_rows", "INFERLOOP_MAX_REQUEST_ROWS"),
+    ("server", "body_timeout_s"): ("body_timeout", "INFERLOOP_BODY_TIMEOUT"),
     ("server", "admin_token"): ("admin_token", "INFERLOOP_ADMIN_TOKEN"),
     ("server", "admin_wait_s"): ("admin_wait", "INFERLOOP_ADMIN_WAIT"),
     ("server", "graceful_timeout_s"): ("graceful_timeout", "INFERLOOP_GRACEFUL_TIMEOUT"),

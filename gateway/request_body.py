@@ -1,0 +1,67 @@
+"""Reading request bodies with a deadline, for every handler that reads one.
+
+uvicorn has no timeout for a request body: a client that sends its headers and then trickles (or
+stops sending) its body holds a connection and a task forever (slow-loris). `BodyReader.read` gives
+each body `timeout_s` from the moment the handler asks for it; past that the read is cancelled and
+the request answered 408 (and the connection closed, see `error_responses`). A client that hangs up
+mid-body becomes `ClientDisconnected` (499, counted, not a server error).
+
+No timer per request: a small body is already buffered when the handler runs and never waits, and
+arming and cancelling a timer per request would cost more than the rest of the framework's work. So
+reads register in a table (a dict insert and delete), and one timer, armed only while some read is
+in the table, sweeps it every `tick` and cancels the overdue ones: a slow read ends between
+`timeout_s` and `timeout_s + tick` after it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from litestar.exceptions import InternalServerException
+
+from .errors import ClientDisconnected, RequestTimeout
+
+if TYPE_CHECKING:
+    from litestar import Request
+
+
+class BodyReader:
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.tick = min(1.0, timeout_s / 4)
+        self._reading: dict[asyncio.Task[object], float] = {}  # task -> monotonic deadline
+        self._expired: set[asyncio.Task[object]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def read(self, request: Request) -> bytes:
+        task = asyncio.current_task()
+        assert task is not None
+        self._reading[task] = time.monotonic() + self.timeout_s
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.tick, self._sweep)
+        try:
+            return await request.body()
+        except asyncio.CancelledError:
+            if task not in self._expired:
+                raise  # shutdown, not us
+            self._expired.discard(task)
+            task.uncancel()
+            raise RequestTimeout(f"request body not received within {self.timeout_s:g} s (--body-timeout)") from None
+        except InternalServerException as exc:  # Litestar's signal that the client went away mid-body
+            if "disconnect" not in str(exc.detail):
+                raise
+            raise ClientDisconnected("the client closed the connection before sending its whole body") from None
+        finally:
+            del self._reading[task]
+
+    def _sweep(self) -> None:
+        self._timer = None
+        now = time.monotonic()
+        for task, deadline in list(self._reading.items()):
+            if deadline <= now and task not in self._expired:
+                self._expired.add(task)
+                task.cancel()
+        if self._reading:
+            self._timer = asyncio.get_running_loop().call_later(self.tick, self._sweep)
