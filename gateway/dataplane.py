@@ -179,12 +179,17 @@ class DataPlane:
             raise ModelNotReady(f"shadow traffic is disabled on this gateway for {name!r}")
         return model.mirror.report()
 
-    def set_shadow_sample_rate(self, name: str, rate: float) -> dict[str, Any]:
+    async def set_shadow_sample_rate(self, name: str, rate: float, *, actor: str, reason: str) -> dict[str, Any]:
+        """Change this gateway's shadow sampling rate; recorded in the audit log first, like every admin action
+        (if the registry cannot take the record, nothing changes)."""
         model = self.served(name)
         if model.mirror is None:
             raise ModelNotReady(f"shadow traffic is disabled on this gateway for {name!r}")
+        previous = model.mirror.sample_rate
+        await self._registry().append_event(name, "sampling_changed", actor=actor, reason=reason, stage="shadow",
+                                            details={"sample_rate": rate, "previous": previous})
         model.mirror.sample_rate = rate
-        return {"model": name, "sample_rate": rate}
+        return {"model": name, "sample_rate": rate, "previous": previous, "actor": actor}
 
     def drift_state(self, name: str) -> dict[str, Any]:
         model = self.served(name)

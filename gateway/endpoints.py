@@ -46,6 +46,8 @@ class PromoteBody(msgspec.Struct, forbid_unknown_fields=True):
 
 class SamplingBody(msgspec.Struct, forbid_unknown_fields=True):
     sample_rate: float
+    reason: str = ""
+    actor: str | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.sample_rate <= 1.0:
@@ -201,7 +203,9 @@ def build_routes(plane: DataPlane, guard: AdminGuard, bodies: BodyReader) -> lis
     async def shadow_sampling(request: Request) -> ASGIResponse:
         authorize(request)
         body: SamplingBody = _decode_admin(await bodies.read(request), SamplingBody)
-        return _json(encode(plane.set_shadow_sample_rate(request.path_params["name"], body.sample_rate)))
+        result = await plane.set_shadow_sample_rate(request.path_params["name"], body.sample_rate,
+                                                    actor=admin_actor(request, body.actor), reason=body.reason)
+        return _json(encode(result))
 
     @get("/admin/models/{name:str}/drift")
     async def drift_state(request: Request) -> ASGIResponse:

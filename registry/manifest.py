@@ -14,6 +14,7 @@ OutputKind = Literal["regression", "binary", "multiclass"]
 EventKind = Literal[
     "registered", "gate_passed", "gate_failed", "promoted", "rolled_back", "archived",
     "drift_detected", "retrain_requested", "swapped", "load_failed", "shadow_evaluated", "cleared",
+    "sampling_changed",
 ]
 
 
