@@ -140,7 +140,8 @@ def test_gateway_killed_during_a_swap_restarts_on_the_pointers_version(tmp_path:
     """Observed: a gateway SIGKILLed after loading v2 but before switching to it (failpoint
     `gateway.swap.before_switch`) had answered every request it accepted with v1; the registry is
     unharmed (`verify` clean, pointer at v2, no `swapped` event for the dead swap); a gateway started
-    on the same cache directory serves v2 at once."""
+    on the same cache directory, whose copy of v2 we then cut in half, notices the damage, fetches v2
+    again from the registry and serves it."""
     uri = f"file://{tmp_path / 'registry'}"
     with Registry.open(uri) as reg:
         v1, v2 = register_tiny(reg, MODEL, seed=1), register_tiny(reg, MODEL, seed=2)
@@ -161,12 +162,16 @@ def test_gateway_killed_during_a_swap_restarts_on_the_pointers_version(tmp_path:
     with Registry.open(uri) as reg:
         assert reg.verify(MODEL) == [] and reg.get_pointer(MODEL, "production").version == v2
         assert [e.version for e in reg.history(MODEL, kinds={"swapped"})] == [v1]
+        digest = reg.get_manifest(MODEL, v2).artifact.digest
+    copy = tmp_path / "cache" / "sha256" / digest[:2] / digest
+    copy.write_bytes(copy.read_bytes()[: copy.stat().st_size // 2])
     restarted = ServeProcess(tmp_path, args)
     with running(restarted):
         restarted.wait_ready()
         assert restarted.serving(MODEL) == v2
         stage = restarted.status(MODEL)["stages"]["production"]
         assert stage["swaps"] == 1 and stage["errors"] == []
+        assert "is damaged; deleting it and fetching again" in restarted.output()
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
