@@ -257,6 +257,8 @@ INSTALL_NOTES = """\
   (`--disable-token-auth`). Stock writes ~30 log lines per request and answers 503 when its job queue (100)
   is full; its JVM needs ~15 s of warm-up, given to it.
 - Every server is started with `OMP_NUM_THREADS=1` and runs the forward with one torch thread.
+- Ray's process tree keeps using CPU while idle (see "idle meanwhile" under Per run); that slows the
+  bare runs taken alongside it and flatters Ray's ratios by up to that share of a core.
 """
 
 CONFIGS: list[Config] = [
