@@ -30,8 +30,8 @@ def _free_port() -> int:
 
 
 def _artifact_factory():
-    from registry.artifact import FORMAT, save_module
     from registry.architectures import MLP
+    from registry.artifact import FORMAT, save_module
     from registry.lineage import capture_code, capture_environment
     from registry.manifest import ArtifactInfo, FeatureSpec, InputSignature, Lineage
 
