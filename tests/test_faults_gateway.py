@@ -90,7 +90,7 @@ def test_a_failing_log_sink_drops_and_counts_and_serving_goes_on(tmp_path: Path,
 
 def test_sigterm_under_load_finishes_queued_requests_and_flushes_every_record(tmp_path: Path) -> None:
     """Observed: SIGTERM while clients keep sending and requests wait in the batch queue (1 s batch
-    delay): the queued requests are answered 200 after the signal, no request gets an HTTP error
+    delay): requests sent before the signal are answered 200 after it, no request gets an HTTP error
     (after the signal clients only see refused or closed connections), the process exits 0, and the
     prediction log holds exactly one record per 200 answer (0 records lost)."""
     uri = f"file://{tmp_path / 'registry'}"
@@ -111,6 +111,8 @@ def test_sigterm_under_load_finishes_queued_requests_and_flushes_every_record(tm
             assert gw.proc.wait(60) == 0, gw.output()
     records = [json.loads(line) for f in logdir.rglob("*.jsonl") for line in f.read_text().splitlines()]
     ok = load.ok()
-    assert sum(1 for a in ok if a.received > signalled) >= 3  # the queued ones, answered after the signal
+    # requests waiting in the batch window at the signal were answered after it (the clients resend at
+    # once after each answer, so some always wait there, even if a batch ran just before the signal)
+    assert any(a.sent < signalled < a.received for a in ok)
     assert all(a.status == 0 for a in load.failed()), [a for a in load.failed() if a.status][:5]
     assert sorted(r["request_id"] for r in records) == sorted(a.request_id for a in ok)
