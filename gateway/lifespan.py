@@ -74,8 +74,12 @@ def device_executors(plane: DataPlane) -> Lifespan:
     return manage
 
 
-def stages_and_pollers(plane: DataPlane, stages: tuple[str, ...] = (PRIMARY_STAGE,)) -> Lifespan:
-    """One `ModelStage` and one `StagePoller` task per (model, stage)."""
+SHADOW_STAGE = "shadow"
+
+
+def stages_and_pollers(plane: DataPlane) -> Lifespan:
+    """One `ModelStage` and one `StagePoller` task per (model, stage): production, and shadow when
+    shadow traffic is on (same load/verify/swap path; no standby cache, a shadow is rarely swapped back)."""
 
     @contextlib.asynccontextmanager
     async def manage(_app: Litestar) -> AsyncIterator[None]:
@@ -86,10 +90,10 @@ def stages_and_pollers(plane: DataPlane, stages: tuple[str, ...] = (PRIMARY_STAG
         tasks: list[asyncio.Task[None]] = []
         for name in dict.fromkeys(settings.models):  # a name given twice is served once
             model = plane.models.setdefault(name, ServedModel(name, policy=plane.policies.get(name)))
-            for stage_name in stages:
+            for stage_name in (PRIMARY_STAGE, SHADOW_STAGE) if settings.shadow.enabled else (PRIMARY_STAGE,):
                 stage = ModelStage(name, stage_name, registry=plane.registry, loader=loader, memory=plane.memory,
                                    events=plane.events, metrics=plane.metrics,
-                                   cache_versions=settings.runtime.cache_versions,
+                                   cache_versions=settings.runtime.cache_versions if stage_name == PRIMARY_STAGE else 0,
                                    headroom_bytes=settings.runtime.load_headroom_bytes)
                 poller = StagePoller(plane.registry, stage, settings.registry, plane.metrics)
                 model.stages[stage_name], model.pollers[stage_name] = stage, poller

@@ -1,9 +1,10 @@
 """Lifespan managers for the closed-loop features, entered after the batchers:
 
-    prediction log → shadow stages, mirrors and their evaluator → drift watches and their timer
+    prediction log → shadow mirrors and their evaluator → drift watches and their timer
 
-and left in reverse: drift deliveries cancelled, mirrors drain their queues, shadow slots released,
-and last the prediction log flushes every record it accepted (so SIGTERM loses none).
+and left in reverse: drift deliveries cancelled, mirrors drain their queues, and last the prediction
+log flushes every record it accepted (so SIGTERM loses none). The shadow stages themselves belong to
+`stages_and_pollers`, like production.
 """
 
 from __future__ import annotations
@@ -20,21 +21,19 @@ from registry.policy import MonitorPolicy, ShadowPolicy, load_policies
 
 from .device import DeviceExecutor
 from .drift_watch import DriftWatch, drift_timer
-from .poller import StagePoller
+from .lifespan import SHADOW_STAGE
 from .prediction_log import LocalDirSink, PredictionLog, StoreSink
 from .shadow import ShadowMirror, auto_promote_loop
-from .stage import ModelStage
 
 if TYPE_CHECKING:
     from litestar import Litestar
 
     from registry.policy import Policy
 
-    from .dataplane import DataPlane
+    from .dataplane import DataPlane, ServedModel
     from .lifespan import Lifespan
 
 log = logging.getLogger("inferloop.gateway")
-SHADOW_STAGE = "shadow"
 
 
 def read_policies(directory: str | None, models: tuple[str, ...]) -> dict[str, Policy]:
@@ -70,8 +69,13 @@ def prediction_log(plane: DataPlane) -> Lifespan:
     return manage
 
 
+def _detach(model: ServedModel, observer: object) -> None:
+    if model.batcher is not None and observer in model.batcher.observers:
+        model.batcher.observers.remove(observer)
+
+
 def shadow_mirrors(plane: DataPlane) -> Lifespan:
-    """A `shadow` stage (same load/verify/swap path as production), its poller, and a mirror per model."""
+    """A mirror per model onto its `shadow` stage (created by `stages_and_pollers`), and its evaluator."""
 
     @contextlib.asynccontextmanager
     async def manage(_app: Litestar) -> AsyncIterator[None]:
@@ -85,20 +89,15 @@ def shadow_mirrors(plane: DataPlane) -> Lifespan:
         loop = asyncio.get_running_loop()
         for name, model in plane.models.items():
             primary = model.primary
-            stage = ModelStage(name, SHADOW_STAGE, registry=plane.registry, loader=primary.loader,
-                               memory=plane.memory, events=plane.events, metrics=plane.metrics,
-                               cache_versions=0, headroom_bytes=settings.runtime.load_headroom_bytes)
-            poller = StagePoller(plane.registry, stage, settings.registry, plane.metrics)
-            model.stages[SHADOW_STAGE], model.pollers[SHADOW_STAGE] = stage, poller
-            tasks.append(loop.create_task(poller.run(), name=f"poll-{name}-shadow"))
             rules = model.policy.shadow if model.policy and model.policy.shadow else ShadowPolicy()
-            mirror = ShadowMirror(name, stage, plane.shadow_executor, settings.shadow, rules, plane.metrics,
-                                  plane.prediction_log, primary)
+            mirror = ShadowMirror(name, model.stages[SHADOW_STAGE], plane.shadow_executor, settings.shadow, rules,
+                                  plane.metrics, plane.prediction_log, primary)
             model.mirror = mirror
             mirror.start()
             assert model.batcher is not None
             model.batcher.observers.append(mirror)
-            tasks.append(loop.create_task(auto_promote_loop(mirror, plane.registry, plane.events, poller,
+            tasks.append(loop.create_task(auto_promote_loop(mirror, plane.registry, plane.events,
+                                                            model.pollers[SHADOW_STAGE],
                                                             model.pollers[primary.stage],
                                                             settings.shadow.evaluate_interval_s),
                                           name=f"shadow-eval-{name}"))
@@ -110,14 +109,9 @@ def shadow_mirrors(plane: DataPlane) -> Lifespan:
             await asyncio.gather(*tasks, return_exceptions=True)
             for model in plane.models.values():
                 if model.mirror is not None:
-                    if model.batcher is not None and model.mirror in model.batcher.observers:
-                        model.batcher.observers.remove(model.mirror)
+                    _detach(model, model.mirror)
                     await model.mirror.stop()
                     model.mirror = None
-                stage = model.stages.pop(SHADOW_STAGE, None)
-                model.pollers.pop(SHADOW_STAGE, None)
-                if stage is not None:
-                    await stage.close()
             await asyncio.to_thread(plane.shadow_executor.shutdown)
             plane.shadow_executor = None
 
@@ -158,8 +152,7 @@ def drift_watches(plane: DataPlane) -> Lifespan:
             await asyncio.gather(timer, return_exceptions=True)
             for model in plane.models.values():
                 if model.drift is not None:
-                    if model.batcher is not None and model.drift in model.batcher.observers:
-                        model.batcher.observers.remove(model.drift)
+                    _detach(model, model.drift)
                     await model.drift.close()
                     model.drift = None
             await http.aclose()

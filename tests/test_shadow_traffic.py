@@ -40,7 +40,8 @@ def _register_nan_on_live_inputs(reg: Registry) -> int:
     with torch.no_grad():
         for p in model.parameters():
             p.fill_(0.0)
-        model.net[0].weight.fill_(3e38)
+        model.net[0].weight[:8].fill_(3e38)  # half the units see +sum(x), half -sum(x): one side is +inf
+        model.net[0].weight[8:].fill_(-3e38)
         model.net[2].weight.fill_(3e38)
     with reg.track("m") as run:
         return run.register(model, example_inputs=torch.zeros(4, 8), reference=torch.zeros(64, 8))
