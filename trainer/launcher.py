@@ -44,8 +44,11 @@ def run_torchrun(request: BuildRequest, progress: Progress) -> BuildSummary:
     with tempfile.TemporaryDirectory(prefix="inferloop-torchrun-") as tmp:
         request_path, result_path = Path(tmp, "request.json"), Path(tmp, "result.json")
         request_path.write_bytes(msgspec.json.encode(request))
+        # --standalone is one machine: keep gloo's sockets on loopback rather than whatever interface
+        # the host name resolves to (unless the operator chose one).
         env = {**os.environ, "OMP_NUM_THREADS": str(request.spec.threads),
-               "INFERLOOP_RESULT_PATH": str(result_path)}
+               "INFERLOOP_RESULT_PATH": str(result_path),
+               "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo")}
         tail: deque[str] = deque(maxlen=20)
         try:
             proc = subprocess.Popen(torchrun_command(request_path, nproc), stdout=subprocess.PIPE,
