@@ -9,7 +9,10 @@ import sys
 
 from registry import RegistryError
 
+from .errors import UsageError
+
 EXIT_ERROR = 2
+__all__ = ["UsageError", "build_parser", "main"]
 
 # command -> module that defines register_parser(sub) and run(args); imported lazily for speed.
 COMMANDS = {
@@ -20,10 +23,6 @@ COMMANDS = {
     "data": "trainer.cli",
     "serve": "gateway.cli",
 }
-
-
-class UsageError(Exception):
-    """A user mistake worth one line (bad flag value, unreadable file); exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -114,7 +114,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = DemoConfig(workdir=workdir, registry=args.registry or f"file://{workdir / 'model-registry'}",
                      s3_endpoint=args.s3_endpoint, rows_per_day=args.rows_per_day, replicas=args.replicas,
                      timeout_s=args.timeout)
-    result = run_demo(cfg)
+    try:
+        result = run_demo(cfg)
+    except (RuntimeError, TimeoutError) as exc:
+        from .cli import UsageError
+
+        raise UsageError(f"demo stopped: {exc}") from None
     return 0 if result.ok else 1
 
 
@@ -251,9 +256,13 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         say(f"[{time.monotonic() - t0:6.1f}s] {text}")
 
     work = cfg.workdir
-    if work.exists():
+    marker = work / ".inferloop-demo"
+    if work.exists() and any(work.iterdir()):
+        if not marker.exists():  # never wipe a directory the demo did not create
+            raise RuntimeError(f"{work} exists and is not a demo work directory; choose another --workdir")
         shutil.rmtree(work)
     (work / "policies").mkdir(parents=True)
+    marker.touch()
     env = {**os.environ, "INFERLOOP_REGISTRY": cfg.registry, "INFERLOOP_ADMIN_TOKEN": TOKEN,
            "PYTHONUNBUFFERED": "1"}
     if cfg.s3_endpoint:
