@@ -16,6 +16,7 @@ import time
 from typing import TYPE_CHECKING
 
 from registry import RegistryError
+from registry.core import POINTER_ABSENT
 
 if TYPE_CHECKING:
     from registry import AsyncRegistry, StagePointer
@@ -45,6 +46,7 @@ class StagePoller:
         self._backoff = settings.retry_initial_s
         self._error_backoff = settings.poll_interval_s
         self._wake = asyncio.Event()
+        self._vanished_logged = False
 
     @property
     def pointer_version(self) -> int | None:
@@ -92,7 +94,18 @@ class StagePoller:
         self.last_error = None
         self._error_backoff = self.settings.poll_interval_s
         self.polls += 1
+        if state is not None and state.etag == POINTER_ABSENT and self.stage.serving_version is not None:
+            # Nothing is ever deleted and an explicit clear writes a pointer, so a pointer that is gone
+            # means the storage is not what it was (a bucket being restored, a wrong prefix): keep
+            # serving what is loaded rather than unloading production.
+            if not self._vanished_logged:
+                log.warning("%s %s pointer is missing from the registry; still serving v%s", name, stage,
+                            self.stage.serving_version)
+                self._vanished_logged = True
+            self.etag = None
+            return self._interval()
         if state is not None:
+            self._vanished_logged = False
             self.etag, self.pointer, self.seen = state.etag, state.pointer, True
             self._retry_at, self._backoff = 0.0, self.settings.retry_initial_s  # a new target: no back-off
         if not self.seen or self.pointer_version == self.stage.serving_version:

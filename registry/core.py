@@ -39,6 +39,7 @@ from .names import STAGES, check_model_name, check_stage, check_version
 from .store import ObjectStore, open_store
 
 POINTER_HISTORY = 100  # versions remembered per pointer for walk-back rollbacks
+POINTER_ABSENT = "absent"  # the ETag `poll_pointer` reports for a pointer object that does not exist
 _ANY = object()
 
 
@@ -266,7 +267,7 @@ class AsyncRegistry:
         try:
             obj = await self.store.get_if_changed(layout.stage(name, stage), etag)
         except NotFound:
-            return None if etag == "absent" else PointerState(None, "absent")
+            return None if etag == POINTER_ABSENT else PointerState(None, POINTER_ABSENT)
         if obj is None:
             return None
         pointer = _decode(obj.data, Pointer, f"{stage} pointer of {name}")

@@ -264,3 +264,28 @@ def test_batched_answers_match_single_row_answers(tmp_path: Path) -> None:
     got = np.array([results[i] for i in range(len(rows))])
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)  # batched math differs by ~1e-7
     assert batches < len(rows)  # they really were batched
+
+
+def test_a_vanished_pointer_does_not_unload_production(tmp_path) -> None:
+    """Nothing is ever deleted, so a pointer object that disappears (a bucket being restored, a wrong
+    prefix) is a storage problem: the gateway keeps serving, and follows the pointer once it is back."""
+    from .gateway_harness import ThreadedGateway, eventually, infer_body, settings_for
+    from .helpers import register_tiny
+
+    uri = f"file://{tmp_path / 'registry'}"
+    with Registry.open(uri) as reg:
+        v1, v2 = register_tiny(reg, "m", 1), register_tiny(reg, "m", 2)
+        reg.promote("m", v1, "production")
+    pointer = tmp_path / "registry" / "models" / "m" / "stages" / "production.json"
+    with ThreadedGateway(settings_for(uri, ["m"], tmp_path)) as gw:
+        gw.wait_serving("m", v1)
+        saved = pointer.read_bytes()
+        pointer.unlink()
+        polls = gw.plane.models["m"].pollers["production"].polls
+        eventually(lambda: gw.plane.models["m"].pollers["production"].polls >= polls + 5, what="polls")
+        r = gw.client.post("/v2/models/m/infer", json=infer_body([[0.1] * 8]))
+        assert r.status_code == 200 and r.headers["x-model-version"] == str(v1)
+        pointer.write_bytes(saved)
+        with Registry.open(uri) as reg:
+            reg.promote("m", v2, "production")
+        gw.wait_serving("m", v2)
