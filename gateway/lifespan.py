@@ -77,6 +77,13 @@ def device_executors(plane: DataPlane) -> Lifespan:
 SHADOW_STAGE = "shadow"
 
 
+async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel background tasks and wait until every one has finished."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def stages_and_pollers(plane: DataPlane) -> Lifespan:
     """One `ModelStage` and one `StagePoller` task per (model, stage): production, and shadow when
     shadow traffic is on (same load/verify/swap path; no standby cache, a shadow is rarely swapped back)."""
@@ -101,9 +108,7 @@ def stages_and_pollers(plane: DataPlane) -> Lifespan:
         try:
             yield
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_all(tasks)
             for model in plane.models.values():
                 for stage in model.stages.values():
                     await stage.close()

@@ -21,7 +21,7 @@ from registry.policy import MonitorPolicy, ShadowPolicy, load_policies
 
 from .device import DeviceExecutor
 from .drift_watch import DriftWatch, drift_timer
-from .lifespan import SHADOW_STAGE
+from .lifespan import SHADOW_STAGE, cancel_all
 from .prediction_log import LocalDirSink, PredictionLog, StoreSink
 from .shadow import ShadowMirror, auto_promote_loop
 
@@ -104,9 +104,7 @@ def shadow_mirrors(plane: DataPlane) -> Lifespan:
         try:
             yield
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_all(tasks)
             for model in plane.models.values():
                 if model.mirror is not None:
                     _detach(model, model.mirror)
@@ -148,8 +146,7 @@ def drift_watches(plane: DataPlane) -> Lifespan:
         try:
             yield
         finally:
-            timer.cancel()
-            await asyncio.gather(timer, return_exceptions=True)
+            await cancel_all([timer])
             for model in plane.models.values():
                 if model.drift is not None:
                     _detach(model, model.drift)
