@@ -34,6 +34,10 @@ def _send(gw: ThreadedGateway, rows: np.ndarray, prefix: str, threads: int = 8) 
         return dict(pool.map(one, range(len(rows))))
 
 
+def _wait_shadow(gw: ThreadedGateway, version: int) -> None:
+    eventually(lambda: gw.plane.models["m"].stages["shadow"].serving_version == version, what="shadow loaded")
+
+
 def _register_nan_on_live_inputs(reg: Registry) -> int:
     """Finite on the all-zero warm-up rows (so it loads), non-finite on real inputs."""
     model = MLP(8, 1, [16])
@@ -66,7 +70,7 @@ def test_every_mirrored_request_gives_one_joined_record(registry_with_pair, tmp_
     rows = _rows(300)
     with ThreadedGateway(settings) as gw:
         gw.wait_ready()
-        eventually(lambda: gw.plane.models["m"].stages["shadow"].serving_version == 2, what="shadow loaded")
+        _wait_shadow(gw, 2)
         answers = _send(gw, rows, "req")
         mirror = gw.plane.models["m"].mirror
         eventually(lambda: mirror.mirrored == 300, what="all mirrored")
@@ -102,7 +106,7 @@ def test_a_failing_shadow_changes_no_primary_response(tmp_path, kind) -> None:
     settings = settings_for(uri, ["m"], tmp_path, shadow={"budget": 1.0})
     with ThreadedGateway(settings) as gw:
         gw.wait_ready()
-        eventually(lambda: gw.plane.models["m"].stages["shadow"].serving_version == bad, what="shadow loaded")
+        _wait_shadow(gw, bad)
         answers = _send(gw, rows, kind)
         mirror = gw.plane.models["m"].mirror
         reason = "exception" if kind == "raises" else "non_finite"
@@ -120,7 +124,7 @@ def test_budget_drops_and_counts_instead_of_slowing_the_primary(registry_with_pa
     settings = settings_for(uri, ["m"], tmp_path, shadow={"budget": 0.001})
     with ThreadedGateway(settings) as gw:
         gw.wait_ready()
-        eventually(lambda: gw.plane.models["m"].stages["shadow"].serving_version == 2, what="shadow loaded")
+        _wait_shadow(gw, 2)
         mirror = gw.plane.models["m"].mirror
         mirror.budget.burst_s = 0.0  # no allowance: the budget alone decides
         _send(gw, _rows(300, seed=4), "b")
@@ -134,7 +138,7 @@ def test_sampling_is_deterministic_by_request_id_and_changeable_at_run_time(regi
     settings = settings_for(uri, ["m"], tmp_path, shadow={"budget": 1.0, "prediction_log": str(logdir)})
     with ThreadedGateway(settings) as gw:
         gw.wait_ready()
-        eventually(lambda: gw.plane.models["m"].stages["shadow"].serving_version == 2, what="shadow loaded")
+        _wait_shadow(gw, 2)
         r = gw.client.post("/admin/models/m/shadow", json={"sample_rate": 0.5}, headers=AUTH)
         assert r.status_code == 200 and r.json()["sample_rate"] == 0.5
         assert gw.client.post("/admin/models/m/shadow", json={"sample_rate": 2}, headers=AUTH).status_code == 400
@@ -171,7 +175,7 @@ def test_auto_promotion_fires_once_after_min_requests(registry_with_pair, tmp_pa
                             drift={"policies": policies})
     with ThreadedGateway(settings) as gw:
         gw.wait_ready()
-        eventually(lambda: gw.plane.models["m"].stages["shadow"].serving_version == 2, what="shadow loaded")
+        _wait_shadow(gw, 2)
         mirror = gw.plane.models["m"].mirror
         _send(gw, _rows(150, seed=6), "early")
         eventually(lambda: mirror.mirrored == 150, what="mirrored")
@@ -196,7 +200,7 @@ def test_a_failing_rule_blocks_promotion_and_the_report_says_which(registry_with
                             drift={"policies": policies})
     with ThreadedGateway(settings) as gw:
         gw.wait_ready()
-        eventually(lambda: gw.plane.models["m"].stages["shadow"].serving_version == 2, what="shadow loaded")
+        _wait_shadow(gw, 2)
         _send(gw, _rows(120, seed=8), "f")
         mirror = gw.plane.models["m"].mirror
         eventually(lambda: mirror.mirrored == 120, what="mirrored")
