@@ -10,6 +10,7 @@ from .dataplane import DataPlane
 from .device import DeviceMemory
 from .endpoints import build_routes
 from .error_responses import error_response
+from .inference import InferenceRoutes
 from .lifespan import batchers, device_executors, frozen_heap, registry_client, stages_and_pollers
 from .loop_lifespan import drift_watches, prediction_log, read_policies, shadow_mirrors
 from .metrics import GatewayMetrics
@@ -24,9 +25,9 @@ def create_app(settings: GatewaySettings, *, memory: DeviceMemory | None = None)
     plane = DataPlane(settings, metrics, memory or DeviceMemory())
     plane.policies = read_policies(settings.drift.policies, settings.models)
     metrics.add_live_state(plane.live_state)
+    bodies = BodyReader(settings.server.body_timeout_s)
     app = Litestar(
-        route_handlers=build_routes(plane, AdminGuard(settings.server.admin_token),
-                                    BodyReader(settings.server.body_timeout_s)),
+        route_handlers=build_routes(plane, AdminGuard(settings.server.admin_token), bodies),
         lifespan=[registry_client(plane), device_executors(plane), stages_and_pollers(plane), batchers(plane),
                   prediction_log(plane), shadow_mirrors(plane), drift_watches(plane), frozen_heap(plane)],
         exception_handlers={Exception: error_response},
@@ -36,4 +37,7 @@ def create_app(settings: GatewaySettings, *, memory: DeviceMemory | None = None)
         debug=False,
     )
     app.state.plane = plane
+    # the inference routes answer before Litestar's router (see gateway.inference); Litestar still
+    # runs the lifespan and every other route
+    app.asgi_handler = InferenceRoutes(plane, bodies, app.asgi_handler)
     return app

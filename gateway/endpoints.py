@@ -1,4 +1,5 @@
-"""Route handlers: translate HTTP to `DataPlane` calls and back, nothing more.
+"""Route handlers: translate HTTP to `DataPlane` calls and back, nothing more. The inference routes
+are not here: they run on raw ASGI in front of Litestar (`gateway.inference`).
 
 Handlers take the raw `Request` and read the body bytes themselves (msgspec decodes straight from
 them), and answer with pre-encoded bytes, so the framework does no per-request model parsing or
@@ -7,32 +8,24 @@ serialisation. Errors propagate to `error_responses`; the handlers only count th
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 from litestar import Request, get, post
 from litestar.response.base import ASGIResponse
 
-from .error_responses import status_for
 from .errors import InvalidInput
-from .headers import RequestHeaders, check_json_body, read_headers
-from .metrics import UNKNOWN_MODEL
-from .protocol import InferCall, decode_infer, decode_predict, encode, encode_infer, encode_predict
+from .headers import read_headers
+from .protocol import encode
 
 if TYPE_CHECKING:
     from litestar.handlers import HTTPRouteHandler
 
     from .admin_auth import AdminGuard
-    from .batcher import Prediction
     from .dataplane import DataPlane
     from .request_body import BodyReader
-    from .slot import ModelSignature
 
 JSON = "application/json"
-ROLE = "primary"
-Encoded = tuple[bytes, Sequence[tuple[str, str]], str]  # body, extra headers, media type
 SERVER_METADATA = encode({"name": "inferloop", "version": "0.1.0", "extensions": ["binary_tensor_data"]})
 
 
@@ -74,54 +67,6 @@ def _decode_admin(body: bytes, kind: type[Any]) -> Any:
 
 def build_routes(plane: DataPlane, guard: AdminGuard, bodies: BodyReader) -> list[HTTPRouteHandler]:
     metrics = plane.metrics
-    max_rows = plane.settings.server.max_request_rows
-
-    async def answer(request: Request, binary_allowed: bool,
-                     decode: Callable[[bytes, RequestHeaders, ModelSignature], InferCall],
-                     respond: Callable[[str, Prediction, InferCall], Encoded]) -> ASGIResponse:
-        """The shared shape of an inference request: headers, model, decode, batch, encode, count."""
-        started = time.perf_counter()
-        name = request.path_params["name"]
-        scope = request.scope
-        try:
-            head = read_headers(scope["headers"])
-            scope["inferloop.request_id"] = head.request_id  # type: ignore[typeddict-unknown-key]
-            check_json_body(head.content_type, binary_allowed)
-            model = plane.served(name)
-            call = decode(await bodies.read(request), head, plane.signature(model))
-            prediction = await plane.infer(model, call.rows, head.request_id)
-            body, extra_headers, media = respond(name, prediction, call)
-        except Exception as exc:
-            metrics.count_request(name if name in plane.models else UNKNOWN_MODEL, ROLE, status_for(exc),
-                                  time.perf_counter() - started)
-            raise
-        metrics.count_request(name, ROLE, 200, time.perf_counter() - started)
-        headers = [("x-model-version", str(prediction.version)), ("x-request-id", head.request_id), *extra_headers]
-        return ASGIResponse(body=body, headers=headers, media_type=media)
-
-    # -- inference (hot path) -----------------------------------------------------------------
-    def decode_v2(body: bytes, head: RequestHeaders, sig: ModelSignature) -> InferCall:
-        return decode_infer(body, head.header_length, sig, max_rows)
-
-    def respond_v2(name: str, prediction: Prediction, call: InferCall) -> Encoded:
-        body, json_length = encode_infer(name, prediction.version, call.id, prediction.outputs, call.binary_output)
-        if json_length is None:
-            return body, (), JSON
-        return body, (("inference-header-content-length", str(json_length)),), "application/octet-stream"
-
-    def decode_v1(body: bytes, head: RequestHeaders, sig: ModelSignature) -> InferCall:
-        return InferCall(decode_predict(body, sig, max_rows), None, False)
-
-    def respond_v1(name: str, prediction: Prediction, call: InferCall) -> Encoded:
-        return encode_predict(name, prediction.version, prediction.outputs), (), JSON
-
-    @post("/v2/models/{name:str}/infer", status_code=200)
-    async def infer(request: Request) -> ASGIResponse:
-        return await answer(request, True, decode_v2, respond_v2)
-
-    @post("/v1/models/{name:str}/predict", status_code=200)
-    async def predict(request: Request) -> ASGIResponse:
-        return await answer(request, False, decode_v1, respond_v1)
 
     # -- health and metadata ------------------------------------------------------------------
     @get("/v2/health/live")
@@ -175,7 +120,7 @@ def build_routes(plane: DataPlane, guard: AdminGuard, bodies: BodyReader) -> lis
     async def promote(request: Request) -> ASGIResponse:
         authorize(request)
         name = request.path_params["name"]
-        body: PromoteBody = _decode_admin(await bodies.read(request), PromoteBody)
+        body: PromoteBody = _decode_admin(await bodies.read(request.body()), PromoteBody)
         result = await plane.promote(name, body.version, body.stage, reason=body.reason,
                                      actor=admin_actor(request, body.actor), expected_version=body.expected_version)
         return _json(encode(result))
@@ -184,7 +129,7 @@ def build_routes(plane: DataPlane, guard: AdminGuard, bodies: BodyReader) -> lis
     async def rollback(request: Request) -> ASGIResponse:
         authorize(request)
         name = request.path_params["name"]
-        body: RollbackBody = _decode_admin(await bodies.read(request), RollbackBody)
+        body: RollbackBody = _decode_admin(await bodies.read(request.body()), RollbackBody)
         result = await plane.rollback(name, body.stage, to_version=body.to_version, reason=body.reason,
                                       actor=admin_actor(request, body.actor))
         return _json(encode(result))
@@ -202,7 +147,7 @@ def build_routes(plane: DataPlane, guard: AdminGuard, bodies: BodyReader) -> lis
     @post("/admin/models/{name:str}/shadow", status_code=200)
     async def shadow_sampling(request: Request) -> ASGIResponse:
         authorize(request)
-        body: SamplingBody = _decode_admin(await bodies.read(request), SamplingBody)
+        body: SamplingBody = _decode_admin(await bodies.read(request.body()), SamplingBody)
         result = await plane.set_shadow_sample_rate(request.path_params["name"], body.sample_rate,
                                                     actor=admin_actor(request, body.actor), reason=body.reason)
         return _json(encode(result))
@@ -212,5 +157,5 @@ def build_routes(plane: DataPlane, guard: AdminGuard, bodies: BodyReader) -> lis
         authorize(request)
         return _json(encode(plane.drift_state(request.path_params["name"])))
 
-    return [infer, predict, live, ready, server_metadata, model_metadata, model_ready, openapi, prometheus, promote,
+    return [live, ready, server_metadata, model_metadata, model_ready, openapi, prometheus, promote,
             rollback, admin_status, shadow_report, shadow_sampling, drift_state]

@@ -3,7 +3,9 @@ bodies in the Open Inference Protocol's error shape `{"error": "..."}`.
 
 Framework errors (unknown route, wrong method, body over the size limit) get the same shape, so a
 client never has to parse two kinds of error body. Unexpected exceptions are logged with their
-traceback and answered 500 without internal detail.
+traceback and answered 500 without internal detail. `error_parts` builds the answer; Litestar's
+exception handler (`error_response`) and the raw ASGI inference routes (`gateway.inference`) both
+send what it builds.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from registry import Conflict, CorruptArtifact, InvalidName, NotFound, Unavailab
 
 from .errors import (
     AdminDisabled,
+    BodyTooLarge,
     ClientDisconnected,
     InferenceFailed,
     InvalidInput,
     LoadFailed,
+    MethodNotAllowed,
     ModelNotReady,
     RequestTimeout,
     Unauthorized,
@@ -33,8 +37,10 @@ from .protocol import encode
 
 if TYPE_CHECKING:
     from litestar import Request
+    from litestar.types import Scope
 
 log = logging.getLogger("inferloop.gateway")
+BODY_TOO_LARGE = "request body is larger than the configured limit (--max-body-bytes)"
 
 STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (InvalidInput, 400),
@@ -44,8 +50,10 @@ STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (AdminDisabled, 403),
     (UnknownModel, 404),
     (NotFound, 404),
+    (MethodNotAllowed, 405),
     (RequestTimeout, 408),
     (Conflict, 409),
+    (BodyTooLarge, 413),
     (UnsupportedMediaType, 415),
     (ClientDisconnected, 499),  # nginx's "client closed request": nobody reads the answer, it is only counted
     (InferenceFailed, 500),
@@ -66,26 +74,33 @@ def status_for(exc: BaseException) -> int:
 
 
 def message_for(exc: BaseException, status: int) -> str:
+    if status == 413:
+        return BODY_TOO_LARGE
     if isinstance(exc, HTTPException):
-        if status == 413:
-            return "request body is larger than the configured limit (--max-body-bytes)"
         return str(exc.detail)
     if status == 500 and not isinstance(exc, InferenceFailed):
         return "internal server error"
     return str(exc)
 
 
-def error_response(request: Request, exc: Exception) -> Response[bytes]:
-    """Litestar exception handler for every exception type."""
+def error_parts(exc: BaseException, scope: Scope) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and body of the answer to `exc`, raised while serving `scope`."""
     status = status_for(exc)
     if status == 500 and not isinstance(exc, InferenceFailed):
-        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    headers = {"x-request-id": request_id_of(request.scope)}
+        log.error("unhandled error on %s %s", scope.get("method"), scope.get("path"), exc_info=exc)
+    headers = {"x-request-id": request_id_of(scope)}
     if status == 401:
         headers["www-authenticate"] = 'Bearer realm="inferloop-admin"'
     elif status in (408, 413):  # the client may still be sending that body: close rather than wait for it
         headers["connection"] = "close"
+    if isinstance(exc, MethodNotAllowed):
+        headers["allow"] = exc.allow
     if isinstance(exc, HTTPException) and exc.headers:
         headers.update(exc.headers)
-    return Response(encode({"error": message_for(exc, status)}), status_code=status, headers=headers,
-                    media_type="application/json")
+    return status, headers, encode({"error": message_for(exc, status)})
+
+
+def error_response(request: Request, exc: Exception) -> Response[bytes]:
+    """Litestar exception handler for every exception type."""
+    status, headers, body = error_parts(exc, request.scope)
+    return Response(body, status_code=status, headers=headers, media_type="application/json")

@@ -4,6 +4,8 @@
     ├── InvalidInput          a request we cannot run: malformed body, wrong shape or datatype, NaN/Inf
     ├── RequestTimeout        the body did not arrive within the body timeout (a slow or stalled client)
     ├── ClientDisconnected    the client hung up before sending its whole body
+    ├── BodyTooLarge          a body over the configured limit (refused before it is read in full)
+    ├── MethodNotAllowed      a method the route does not take (the inference routes take POST)
     ├── UnsupportedMediaType  a Content-Type other than JSON (or the binary tensor extension)
     ├── UnknownModel          a model this gateway is not configured to serve
     ├── ModelNotReady         a configured model with no version loaded for the stage (yet)
@@ -34,6 +36,16 @@ class RequestTimeout(GatewayError):
 
 class ClientDisconnected(GatewayError):
     pass
+
+
+class BodyTooLarge(GatewayError):
+    pass
+
+
+class MethodNotAllowed(GatewayError):
+    def __init__(self, message: str, allow: str) -> None:
+        super().__init__(message)
+        self.allow = allow
 
 
 class UnknownModel(GatewayError, LookupError):

@@ -24,6 +24,7 @@ class RequestHeaders(NamedTuple):
     content_type: bytes | None
     header_length: int | None  # Inference-Header-Content-Length (binary tensor extension)
     authorization: bytes | None
+    content_length: int | None  # as declared; the server has checked it is a number
 
 
 def request_id_of(scope: dict) -> str:
@@ -38,7 +39,7 @@ def request_id_of(scope: dict) -> str:
 
 
 def read_headers(scope_headers: list[tuple[bytes, bytes]]) -> RequestHeaders:
-    request_id = content_type = header_length = authorization = None
+    request_id = content_type = header_length = authorization = content_length = None
     for key, value in scope_headers:
         if key == b"x-request-id":
             request_id = value
@@ -48,6 +49,8 @@ def read_headers(scope_headers: list[tuple[bytes, bytes]]) -> RequestHeaders:
             header_length = value
         elif key == b"authorization":
             authorization = value
+        elif key == b"content-length":
+            content_length = value
     rid = None
     if request_id and len(request_id) <= MAX_REQUEST_ID and request_id.isascii():
         rid = request_id.decode("ascii")
@@ -57,7 +60,8 @@ def read_headers(scope_headers: list[tuple[bytes, bytes]]) -> RequestHeaders:
             length = int(header_length)
         except ValueError:
             raise InvalidInput(f"Inference-Header-Content-Length is not an integer: {header_length!r}") from None
-    return RequestHeaders(rid or new_request_id(), content_type, length, authorization)
+    declared = int(content_length) if content_length is not None and content_length.isdigit() else None
+    return RequestHeaders(rid or new_request_id(), content_type, length, authorization, declared)
 
 
 def check_json_body(content_type: bytes | None, binary_allowed: bool) -> None:

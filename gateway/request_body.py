@@ -4,7 +4,9 @@ uvicorn has no timeout for a request body: a client that sends its headers and t
 stops sending) its body holds a connection and a task forever (slow-loris). `BodyReader.read` gives
 each body `timeout_s` from the moment the handler asks for it; past that the read is cancelled and
 the request answered 408 (and the connection closed, see `error_responses`). A client that hangs up
-mid-body becomes `ClientDisconnected` (499, counted, not a server error).
+mid-body becomes `ClientDisconnected` (499, counted, not a server error). `BodyReader.read` takes the
+read itself: a Litestar `request.body()`, or `receive_body` on raw ASGI messages (the inference
+routes, `gateway.inference`), which also enforces the size limit there.
 
 No timer per request: a small body is already buffered when the handler runs and never waits, and
 arming and cancelling a timer per request would cost more than the rest of the framework's work. So
@@ -17,14 +19,39 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from litestar.exceptions import InternalServerException
 
-from .errors import ClientDisconnected, RequestTimeout
+from .errors import BodyTooLarge, ClientDisconnected, RequestTimeout
 
 if TYPE_CHECKING:
-    from litestar import Request
+    from litestar.types import Receive
+
+
+async def receive_body(receive: Receive, limit: int, declared: int | None) -> bytes:
+    """The whole body from ASGI `http.request` messages, refused past `limit` bytes: at once when the
+    Content-Length says so, else as soon as the chunks received cross it."""
+    if declared is not None and declared > limit:
+        raise BodyTooLarge(f"Content-Length {declared} is over the limit of {limit} bytes")
+    message = await receive()
+    body = message.get("body", b"")
+    if message["type"] == "http.request" and not message.get("more_body", False) and len(body) <= limit:
+        return body  # the common case: one message
+    chunks = [body]
+    size = len(body)
+    while True:
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected("the client closed the connection before sending its whole body")
+        if size > limit:
+            raise BodyTooLarge(f"request body is over the limit of {limit} bytes")
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+        message = await receive()
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        size += len(chunk)
 
 
 class BodyReader:
@@ -35,14 +62,14 @@ class BodyReader:
         self._expired: set[asyncio.Task[object]] = set()
         self._timer: asyncio.TimerHandle | None = None
 
-    async def read(self, request: Request) -> bytes:
+    async def read(self, body: Awaitable[bytes]) -> bytes:
         task = asyncio.current_task()
         assert task is not None
         self._reading[task] = time.monotonic() + self.timeout_s
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.tick, self._sweep)
         try:
-            return await request.body()
+            return await body
         except asyncio.CancelledError:
             if task not in self._expired:
                 raise  # shutdown, not us

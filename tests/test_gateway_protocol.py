@@ -246,10 +246,29 @@ def test_unknown_or_unready_models(served: Served, model: str, status: int, word
 
 
 def test_framework_errors_use_the_same_error_shape(served: Served) -> None:
-    r = served.client.get(f"/v2/models/{MODEL}/infer")
-    assert r.status_code == 405 and "error" in r.json()
+    for path in (f"/v2/models/{MODEL}/infer", f"/v1/models/{MODEL}/predict"):
+        r = served.client.get(path)
+        assert r.status_code == 405 and "POST" in r.json()["error"] and r.headers["allow"] == "POST"
     r = served.client.get("/v3/nothing")
     assert r.status_code == 404 and "error" in r.json()
+    # paths that only look like an inference route are Litestar's (404), not a model named "a/b"
+    for path in ("/v2/models//infer", "/v2/models/a/b/infer", "/v1/models/predict"):
+        r = served.client.post(path, json=infer_body(rows_of(1).tolist()))
+        assert r.status_code in (404, 405) and "error" in r.json(), (path, r.text)
+
+
+def test_inference_routes_take_a_trailing_slash_and_chunked_bodies(served: Served) -> None:
+    """The raw ASGI inference routes (gateway.inference) accept what Litestar's router did: one
+    trailing slash, and a body sent in chunks without a Content-Length."""
+    rows = rows_of(2, seed=9)
+    r = served.client.post(f"/v2/models/{MODEL}/infer/", json=infer_body(rows.tolist()))
+    assert r.status_code == 200, r.text
+    body = httpx.Request("POST", "/", json=infer_body(rows.tolist())).read()
+    r = served.client.post(f"/v2/models/{MODEL}/infer", content=iter([body[:10], body[10:50], body[50:]]),
+                           headers={"content-type": "application/json"})
+    assert r.status_code == 200 and "content-length" not in r.request.headers, r.text
+    np.testing.assert_allclose(np.array(r.json()["outputs"][0]["data"]).reshape(2, 1), served.expected(rows),
+                               rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("headers", [{}, {"authorization": "Bearer wrong"}, {"authorization": "Basic dGVzdA=="},
