@@ -7,12 +7,19 @@ Servers, all started here on 127.0.0.1 with the same tiny MLP (8 → 64 → 64 �
     (d) gateway-single   `inferloop serve --batching off`
     (e) gateway-no-freeze  (c) without `gc.freeze()` after start-up, to see what the freeze buys
 
-Load: `wrk` (one thread, N connections, a Lua script for the POST body), pinned with `taskset` to
-one core and every server to another. Several short runs per server, interleaved in rotating order
+Load: `wrk` (N connections, a Lua script for the POST body), pinned with `taskset` to
+`--client-core` (default core 0; one wrk thread per core in that set) and every server to
+`--server-core` (default core 1). Several short runs per server, interleaved in rotating order
 so background load on a shared machine hits all of them alike; medians are reported with ratios to
 (a). Only ratios measured in the same run mean anything.
 
     python -m loadtests.bench_gateway [--runs 5 --duration 5 --connections 64 --output FILE]
+
+`--device cuda` runs every forward on the GPU: the gateways get `--device cuda`, (b) moves its model
+and each request's input to the GPU and its output back. (a) does no forward, so it is the same
+ceiling on either device. On a CUDA machine with spare cores, give the servers two cores (the
+gateway's event loop and its device thread each get one) and the client several, e.g.
+`--device cuda --client-core 0-3 --server-core 4-5` (scripts/gpu_bench.sh does this).
 """
 
 from __future__ import annotations
@@ -69,6 +76,25 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
+def core_count(cores: str) -> int:
+    """Number of CPUs in a taskset list such as "0", "0-3" or "0,2,4-5"."""
+    total = 0
+    for part in cores.split(","):
+        lo, _, hi = part.strip().partition("-")
+        total += int(hi) - int(lo) + 1 if hi else 1
+    return total
+
+
+def device_description(device: str) -> str:
+    """What the servers ran their forward on, with the torch version: `cuda (NVIDIA H200), torch 2.11.0+cu130`."""
+    import torch
+
+    name = device
+    if device.startswith("cuda"):
+        name = f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return f"{name}, torch {torch.__version__}"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -91,10 +117,11 @@ def make_registry(root: Path) -> str:
     return uri
 
 
-def server_commands(uri: str, root: Path, extra_gateway: list[str]) -> dict[str, list[str]]:
+def server_commands(uri: str, root: Path, extra_gateway: list[str], device: str = "cpu") -> dict[str, list[str]]:
     gateway = [sys.executable, "-m", "inferloop.cli", "serve", "--registry", uri, "--model", MODEL,
-               "--torch-threads", "1", "--cache-dir", str(root / "cache"), "--log-level", "warning", *extra_gateway]
-    bare = [sys.executable, "-m", "loadtests.bare_server", "--registry", uri, "--model", MODEL]
+               "--torch-threads", "1", "--cache-dir", str(root / "cache"), "--log-level", "warning",
+               "--device", device, *extra_gateway]
+    bare = [sys.executable, "-m", "loadtests.bare_server", "--registry", uri, "--model", MODEL, "--device", device]
     return {
         "bare-constant": [*bare, "--mode", "constant"],
         "bare-forward": [*bare, "--mode", "forward"],
@@ -125,7 +152,8 @@ def start(name: str, cmd: list[str], core: str) -> tuple[subprocess.Popen[bytes]
 
 def wrk(url: str, script: Path, core: str, connections: int, seconds: float, pid: int | None = None) -> Sample:
     cpu_before = cpu_seconds(pid) if pid else 0.0
-    out = subprocess.run(["taskset", "-c", core, "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "5s",
+    threads = max(1, min(core_count(core), connections))  # one wrk thread per client core
+    out = subprocess.run(["taskset", "-c", core, "wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "5s",
                           "-s", str(script), url], capture_output=True, text=True, check=True).stdout
     line = next(ln for ln in out.splitlines() if ln.startswith("RESULT"))
     requests, duration, p50, p99, errors = line.split()[1:]
@@ -139,22 +167,32 @@ def per_run_ratio(results: dict[str, list[Sample]], name: str) -> float:
     return statistics.median(s.rps / a.rps for s, a in zip(results[name], results["bare-constant"], strict=True))
 
 
-def render(results: dict[str, list[Sample]], command: str, args: argparse.Namespace, load: tuple[str, str]) -> str:
+def core_word(cores: str) -> str:
+    return "core" if core_count(cores) == 1 else "cores"
+
+
+def render(results: dict[str, list[Sample]], command: str, args: argparse.Namespace, load: tuple[str, str],
+           device: str | None = None) -> str:
     base = statistics.median(s.rps for s in results["bare-constant"])
     forward_p99 = statistics.median(s.p99_ms for s in results["bare-forward"])
     base_cpu = statistics.median(s.cpu_us for s in results["bare-constant"])
+    threads = max(1, min(core_count(args.client_core), args.connections))
+    client = f"wrk pinned to {core_word(args.client_core)} {args.client_core}"
+    if threads > 1:
+        client = f"wrk ({threads} threads) pinned to cores {args.client_core}"
     lines = [
         "# Gateway benchmark: single-row OIP v2 infer",
         "",
         f"Command: `{command}`",
         "",
         f"Machine: {os.cpu_count()} cores ({platform.processor() or platform.machine()}), Python "
-        f"{platform.python_version()}; wrk pinned to core {args.client_core}, servers to core {args.server_core}; "
+        f"{platform.python_version()}; {client}, servers to {core_word(args.server_core)} {args.server_core}; "
         f"{args.connections} connections, {args.runs} runs × {args.duration:g} s per server, interleaved; medians "
         f"(\"per run\": the median of each run's ratio to (a) in the same round). Server CPU µs/req is the "
         f"server process's CPU time (all threads, /proc) per answered request: less sensitive to other load than "
         f"req/s (though contention still inflates it), its ratio estimates the throughput ratio on a quiet core. "
         f"Load average before/after: {load[0]} / {load[1]} (the machine is shared; compare ratios within a run).",
+        *([] if device is None else ["", f"Device: forwards on {device}; (a) does no forward."]),
         "",
         "| server | req/s | × (a) | × (a) per run | server CPU µs/req | (a) CPU / this CPU | p50 ms | p99 ms | "
         "p99 vs (b) | errors | runs (req/s) |",
@@ -185,8 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured load per server first")
     p.add_argument("--connections", type=int, default=64)
-    p.add_argument("--client-core", default="0")
-    p.add_argument("--server-core", default="1")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="where the servers run their forward (cuda: the gateways get --device cuda)")
+    p.add_argument("--client-core", default="0", help="taskset CPU list for wrk; one wrk thread per CPU in it")
+    p.add_argument("--server-core", default="1", help="taskset CPU list for each server process")
     p.add_argument("--only", nargs="*", choices=list(LABELS), help="subset of servers ((a) and (b) always run)")
     p.add_argument("--gateway-arg", action="append", default=[], help="extra flag for `inferloop serve` (repeat)")
     p.add_argument("--output", type=Path, default=Path(__file__).with_name("RESULTS-gateway.md"))
@@ -194,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("wrk") is None:
         print("wrk is not installed (apt-get install -y wrk)", file=sys.stderr)
         return 2
+    device = None if args.device == "cpu" else device_description(args.device)  # fails here without CUDA
     command = "python -m loadtests.bench_gateway " + shlex.join(argv if argv is not None else sys.argv[1:])
     baselines = ["bare-constant", "bare-forward"]
     names = list(LABELS) if not args.only else [*baselines, *[n for n in LABELS if n in args.only and
@@ -202,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(tmp)
         script = root / "infer.lua"
         script.write_text(LUA)
-        commands = server_commands(make_registry(root), root, args.gateway_arg)
+        commands = server_commands(make_registry(root), root, args.gateway_arg, args.device)
         procs: dict[str, subprocess.Popen[bytes]] = {}
         try:
             urls = {}
@@ -229,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
                     proc.wait(15)
                 except subprocess.TimeoutExpired:
                     proc.kill()
-    report = render(results, command, args, (load_before, load_after))
+    report = render(results, command, args, (load_before, load_after), device)
     print(report)
     args.output.write_text(report)
     return 0
