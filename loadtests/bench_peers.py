@@ -6,7 +6,9 @@ on the same model (float32 MLP 8→64→64→1, one set of weights) and the same
 
 Each peer runs from its own virtual environment under loadtests/.venvs/<peer> (created with
 --setup: torch==2.13.0 first, then the peer from PyPI). The bare ceiling (a minimal Litestar +
-msgspec + uvicorn handler) and the gateway run in the project's environment. wrk is pinned to CPU 0,
+msgspec + uvicorn handler) and the gateway run in the project's environment; the gateway in four
+configurations: batching off, batching on (its defaults, drift on), drift off, and a same-size
+shadow mirrored at 100 % with a 100 % budget. wrk is pinned to CPU 0,
 the server under test (its whole process tree) to CPU 1. Per configuration: a warm-up, then --runs
 runs of --duration seconds, each after a run of the bare ceiling (kept up for the whole run); medians
 of throughput and p50/p99, the server tree's RSS after the runs, and every figure as a ratio to the
@@ -63,12 +65,17 @@ def register(root: Path, model) -> None:
     import torch
 
     from registry import Registry
+    from registry.architectures import MLP
 
     reg = Registry.open(f"file://{root}")
     x = torch.randn(512, 8, generator=torch.Generator().manual_seed(2))
     with reg.track("bench") as run:
         version = run.register(model, example_inputs=x[:8], reference=x)
     reg.promote("bench", version, "production")
+    torch.manual_seed(1)  # the shadow: same size, other weights (only the shadow configuration serves it)
+    with reg.track("bench") as run:
+        shadow = run.register(MLP(8, 1, [64, 64]).eval(), example_inputs=x[:8], reference=x)
+    reg.promote("bench", shadow, "shadow")
 
 
 def gateway_source(work: Path, ref: str | None) -> tuple[Path, str]:

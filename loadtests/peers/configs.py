@@ -212,14 +212,20 @@ def torchserve(best: bool) -> Callable[[Context, Path, int], Launch]:
 
 # ---- our gateway ---------------------------------------------------------------------------------
 
-def gateway(batching: bool) -> Callable[[Context, Path, int], Launch]:
+def gateway(batching: bool, drift: bool = True, shadow: bool = False) -> Callable[[Context, Path, int], Launch]:
     """`inferloop serve` on the same weights, registered as model "bench" and promoted to production;
-    its defaults otherwise (micro-batching: 64 rows / 2 ms), one torch thread like every peer."""
+    its defaults otherwise (micro-batching: 64 rows / 2 ms, drift monitoring on), one torch thread like
+    every peer. With `shadow`, a second version of the same size (other weights) is the shadow stage
+    and every request is mirrored to it (sample rate 1.0, the default) with a budget of 100 %, so
+    no mirrored batch is skipped: the most a shadow can cost."""
     def build(ctx: Context, work: Path, port: int) -> Launch:
         assert ctx.registry is not None
         cmd = [sys.executable, "-m", "inferloop.cli", "serve", "--registry", f"file://{ctx.registry}",
                "--model", "bench", "--port", str(port), "--device", "cpu", "--torch-threads", "1",
-               "--batching", "on" if batching else "off", "--log-level", "warning"]
+               "--batching", "on" if batching else "off", "--drift", "on" if drift else "off",
+               "--shadow", "on" if shadow else "off", "--log-level", "warning"]
+        if shadow:
+            cmd += ["--shadow-budget", "1.0"]
         env = _env(ctx)
         env["PYTHONPATH"] = str(ctx.gateway_src)
         return Launch(cmd, f"http://127.0.0.1:{port}/v2/models/bench/infer", oip_body(ctx.row), work, env,
@@ -265,6 +271,8 @@ CONFIGS: list[Config] = [
     Config("bare", "bare ceiling (Litestar+msgspec+uvicorn)", "-", bare, own_env=True),
     Config("gateway", "inferloop gateway", "batching off", gateway(False), own_env=True),
     Config("gateway", "inferloop gateway", "batching on", gateway(True), own_env=True),
+    Config("gateway", "inferloop gateway", "batching on, drift off", gateway(True, drift=False), own_env=True),
+    Config("gateway", "inferloop gateway", "batching on, shadow 100 %", gateway(True, shadow=True), own_env=True),
     Config("fastapi", "FastAPI + uvicorn", "stock", fastapi(quiet=False)),
     Config("fastapi", "FastAPI + uvicorn", "best: no access log", fastapi(quiet=True)),
     Config("mlserver", "MLServer 1.7.1", "stock", mlserver(best=False, batching=False)),
