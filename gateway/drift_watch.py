@@ -141,13 +141,14 @@ class DriftWatch:
         monitor = self.monitor
         if monitor is None:
             return
+        total = monitor.total
         for j, feature in enumerate(monitor.names):
             k = len(monitor.edges[j]) + 1
             expected = smoothed_expected(monitor.expected[j], monitor.reference_n[j])
             for b in range(k + 1):
                 label = "missing" if b == k else str(b)
                 labels = {"model": self.model, "feature": feature, "bin": label}
-                yield "inferloop_feature_bin_total", labels, float(monitor.total[j, b])
+                yield "inferloop_feature_bin_total", labels, float(total[j, b])
                 yield "inferloop_feature_reference_fraction", labels, float(expected[b])
 
 

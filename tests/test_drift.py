@@ -143,6 +143,23 @@ def test_counts_are_mergeable_across_replicas(reference) -> None:
     assert np.array_equal(a.total + b.total, whole.total)
 
 
+def test_rows_observed_one_by_one_count_as_one_batch(reference) -> None:
+    """Small batches are held and binned together (DriftMonitor.observe); whatever reads the
+    counts (a closed window, the exported totals) sees every row observed so far, NaN included."""
+    rng = np.random.default_rng(8)
+    rows = _data(rng, 1500, shift=0.3)
+    rows[::97, 0] = np.nan
+    one = DriftMonitor(reference, DriftConfig(window=10_000))
+    one.observe(rows)
+    many = DriftMonitor(reference, DriftConfig(window=10_000))
+    for i in range(0, 1300, 1):
+        many.observe(rows[i:i + 1])
+    assert many.rows == 1300 and 0 < many._pending_rows < 1300  # some rows folded, the rest still held
+    many.observe(rows[1300:])
+    assert np.array_equal(many.total, one.total) and many.total.sum() == 1500 * len(one.names)
+    assert many.close_window().features == one.close_window().features
+
+
 def test_time_window_needs_min_samples(reference) -> None:
     now = [0.0]
     mon = DriftMonitor(reference, DriftConfig(window=10_000, window_seconds=60, min_samples=500),
