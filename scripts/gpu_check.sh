@@ -1,6 +1,28 @@
 #!/usr/bin/env bash
-# Hot-swap GPU memory check (see scripts/gpu_check.py). Needs a CUDA machine; exit 0 = all checks passed.
+# GPU checks (see scripts/gpu_check.py): hot-swap memory (phases 1-3) and the shadow mirror's forward on
+# its own CUDA stream (phase 4). Needs a CUDA machine; exit 0 = all checks passed.
+#
+#   scripts/gpu_check.sh [--phases 4] [--device cpu] ...   (arguments go to scripts/gpu_check.py)
+#
+# A machine without network: when the gateway's imports are missing, the wheels in .whl/ (cp312
+# manylinux) are installed with --no-deps into /tmp/inferloop-site, as scripts/gpu_bench.sh does.
+# Environment: PYTHON (python3); TREE (a commit id printed in the header, for the log).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root=$PWD
+py=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+imports="import httpx, litestar, msgspec, uvicorn, httptools, uvloop, aiobotocore, croniter, prometheus_client, safetensors, scipy, yaml"
+if ! "$py" -c "$imports" 2>/dev/null; then
+  if ! compgen -G ".whl/*.whl" >/dev/null; then
+    echo "missing Python packages and no wheels in .whl/: pip install -e ." >&2
+    exit 2
+  fi
+  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/inferloop-site .whl/*.whl
+  export PYTHONPATH="/tmp/inferloop-site:$root${PYTHONPATH:+:$PYTHONPATH}"
+  "$py" -c "$imports"
+fi
+echo "== $(date -u +%FT%TZ) scripts/gpu_check.py $*${TREE:+ (tree $TREE)}"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv || true
-exec python scripts/gpu_check.py "$@"
+exec "$py" scripts/gpu_check.py "$@"
