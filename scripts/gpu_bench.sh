@@ -43,17 +43,7 @@ export PYTHONUNBUFFERED=1
 if [ -d .devbench/bin ]; then
   export PATH="$root/.devbench/bin:$PATH"
 fi
-imports="import litestar, msgspec, uvicorn, httptools, uvloop, aiobotocore, croniter, prometheus_client, safetensors"
-if ! "$py" -c "$imports" 2>/dev/null; then
-  if ! compgen -G ".whl/*.whl" >/dev/null; then
-    echo "missing Python packages and no wheels in .whl/: pip install -e ." >&2
-    exit 2
-  fi
-  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/inferloop-site .whl/*.whl
-  export PYTHONPATH="/tmp/inferloop-site:$root${PYTHONPATH:+:$PYTHONPATH}"
-  "$py" -c "$imports"
-fi
+source scripts/offline_env.sh
 command -v wrk >/dev/null || { echo "wrk not found (apt-get install -y wrk, or carry it in .devbench/bin)" >&2; exit 2; }
 
 if [ "$(nproc)" -ge 8 ]; then

@@ -5,24 +5,13 @@
 #   scripts/gpu_check.sh [--phases 4] [--device cpu] ...   (arguments go to scripts/gpu_check.py)
 #
 # A machine without network: when the gateway's imports are missing, the wheels in .whl/ (cp312
-# manylinux) are installed with --no-deps into /tmp/inferloop-site, as scripts/gpu_bench.sh does.
+# manylinux) are installed with --no-deps into /tmp/inferloop-site (scripts/offline_env.sh).
 # Environment: PYTHON (python3); TREE (a commit id printed in the header, for the log).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$PWD
 py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
-imports="import httpx, litestar, msgspec, uvicorn, httptools, uvloop, aiobotocore, croniter, prometheus_client, safetensors, scipy, yaml"
-if ! "$py" -c "$imports" 2>/dev/null; then
-  if ! compgen -G ".whl/*.whl" >/dev/null; then
-    echo "missing Python packages and no wheels in .whl/: pip install -e ." >&2
-    exit 2
-  fi
-  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/inferloop-site .whl/*.whl
-  export PYTHONPATH="/tmp/inferloop-site:$root${PYTHONPATH:+:$PYTHONPATH}"
-  "$py" -c "$imports"
-fi
+source scripts/offline_env.sh
 echo "== $(date -u +%FT%TZ) scripts/gpu_check.py $*${TREE:+ (tree $TREE)}"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv || true
 exec "$py" scripts/gpu_check.py "$@"
