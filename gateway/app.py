@@ -3,6 +3,9 @@ and its own Prometheus registry, so two apps in one process (tests) share nothin
 
 from __future__ import annotations
 
+from typing import Any
+
+import uvicorn
 from litestar import Litestar
 
 from .admin_auth import AdminGuard
@@ -39,5 +42,19 @@ def create_app(settings: GatewaySettings, *, memory: DeviceMemory | None = None)
     app.state.plane = plane
     # the inference routes answer before Litestar's router (see gateway.inference); Litestar still
     # runs the lifespan and every other route
-    app.asgi_handler = InferenceRoutes(plane, bodies, app.asgi_handler)
+    app.asgi_handler = app.state.inference = InferenceRoutes(plane, bodies, app.asgi_handler)
     return app
+
+
+def uvicorn_config(app: Litestar, settings: GatewaySettings, **options: Any) -> uvicorn.Config:
+    """How every gateway runs under uvicorn (the CLI and the tests): uvloop, httptools, and the
+    inference routes answered in the HTTP protocol unless `http_fast_path` is off."""
+    server = settings.server
+    http: Any = "httptools"
+    if server.http_fast_path and not server.access_log:  # the fast path writes no access log lines
+        from .http_protocol import protocol_for
+
+        http = protocol_for(app.state.inference) or http
+    options = {"loop": "uvloop", "http": http, "lifespan": "on", "access_log": server.access_log,
+               "log_level": server.log_level, "timeout_graceful_shutdown": server.graceful_timeout_s, **options}
+    return uvicorn.Config(app, **options)

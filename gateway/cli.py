@@ -89,6 +89,9 @@ def register_parser(sub: argparse._SubParsersAction) -> None:
                    help="share of non-mirrored requests logged (env INFERLOOP_LOG_SAMPLE_RATE, default 0)")
     p.add_argument("--drift", choices=["on", "off"], help="streaming PSI drift monitoring (env INFERLOOP_DRIFT, "
                                                           "default on)")
+    p.add_argument("--http-fast-path", choices=["on", "off"],
+                   help="answer inference requests in the HTTP protocol, without ASGI (env INFERLOOP_HTTP_FAST_PATH, "
+                        "default on; off: everything through ASGI)")
     p.add_argument("--no-gc-freeze", dest="gc_freeze", action="store_const", const=False,
                    help="do not freeze start-up objects out of the garbage collector (env INFERLOOP_GC_FREEZE=0)")
 
@@ -97,7 +100,7 @@ def _flags(args: argparse.Namespace) -> dict[str, object]:
     from inferloop.cli import UsageError
 
     flags = dict(vars(args))
-    for switch in ("batching", "shadow", "drift"):
+    for switch in ("batching", "shadow", "drift", "http_fast_path"):
         if flags.get(switch) is not None:
             flags[switch] = flags[switch] == "on"
     token_file = flags.pop("admin_token_file", None)
@@ -128,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from .app import create_app
+    from .app import create_app, uvicorn_config
     from .device import DeviceUnavailable, resolve_device, return_large_frees_to_os
 
     try:
@@ -139,11 +142,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=settings.server.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = settings.server
-    config = uvicorn.Config(
-        create_app(settings), host=server.host, port=server.port, loop="uvloop", http="httptools",
-        lifespan="on", access_log=server.access_log, log_level=server.log_level,
-        timeout_graceful_shutdown=server.graceful_timeout_s, log_config=None,
-    )
+    config = uvicorn_config(create_app(settings), settings, host=server.host, port=server.port, log_config=None)
     # uvicorn finishes in-flight requests on SIGTERM, then re-raises the signal; this handler turns
     # that re-raise into a normal exit (status 0) instead of death by signal.
     signal.signal(signal.SIGTERM, lambda *_: None)

@@ -14,7 +14,7 @@ metadata, admin, metrics, unknown paths) to Litestar unchanged. Errors go throug
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from .error_responses import error_parts
@@ -82,8 +82,17 @@ def match(path: str) -> tuple[Route, str] | None:
     return route, name
 
 
+class Reply(NamedTuple):
+    status: int
+    headers: list[tuple[bytes, bytes]]  # without content-type and content-length
+    media: bytes
+    body: bytes
+
+
 class InferenceRoutes:
-    """ASGI app: the inference routes here, everything else to `fallback` (Litestar's router)."""
+    """The inference routes' logic, and the ASGI app that serves them in front of `fallback`
+    (Litestar's router, for everything else). `gateway.http_protocol` calls `answer` and `refuse`
+    directly from uvicorn's HTTP protocol, without ASGI."""
 
     def __init__(self, plane: DataPlane, bodies: BodyReader, fallback: ASGIApp) -> None:
         self.plane = plane
@@ -96,39 +105,50 @@ class InferenceRoutes:
         if scope["type"] == "http":
             found = match(scope["path"])
             if found is not None:
-                await self.serve(*found, scope, receive, send)
+                route, name = found
+
+                def read_body(head: RequestHeaders) -> Awaitable[bytes]:
+                    return self.bodies.read(receive_body(receive, self.max_body, head.content_length))
+
+                reply = await self.answer(route, name, scope["method"], scope["path"], scope["headers"], read_body)
+                headers = reply.headers
+                headers.append((b"content-type", reply.media))
+                headers.append((b"content-length", str(len(reply.body)).encode()))
+                await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+                await send({"type": "http.response.body", "body": reply.body})
                 return
         await self.fallback(scope, receive, send)
 
-    async def serve(self, route: Route, name: str, scope: Scope, receive: Receive, send: Send) -> None:
-        """Headers, model, body, decode, batch, encode, count: the shape of every inference request."""
+    async def answer(self, route: Route, name: str, method: str, path: str, raw_headers: list[tuple[bytes, bytes]],
+                     read_body: Callable[[RequestHeaders], Awaitable[bytes]]) -> Reply:
+        """Headers, model, body, decode, batch, encode, count: the shape of every inference request.
+        Never raises: an error becomes its reply (`error_responses`)."""
         started = time.perf_counter()
         plane = self.plane
+        head = None
         try:
-            if scope["method"] != "POST":
-                raise MethodNotAllowed(f"{scope['method']} is not allowed here: send POST", "POST")
-            head = read_headers(scope["headers"])
-            scope["inferloop.request_id"] = head.request_id  # type: ignore[typeddict-unknown-key]
+            if method != "POST":
+                raise MethodNotAllowed(f"{method} is not allowed here: send POST", "POST")
+            head = read_headers(raw_headers)
             check_json_body(head.content_type, route.binary_allowed)
             model = plane.served(name)
-            body = await self.bodies.read(receive_body(receive, self.max_body, head.content_length))
-            call = route.decode(body, head, plane.signature(model), self.max_rows)
+            call = route.decode(await read_body(head), head, plane.signature(model), self.max_rows)
             prediction = await plane.infer(model, call.rows, head.request_id)
             payload, extra_headers, media = route.respond(name, prediction, call)
         except Exception as exc:  # noqa: BLE001 - every error is answered, never raised into the server
-            status, error_headers, payload = error_parts(exc, scope)
-            plane.metrics.count_request(name if name in plane.models else UNKNOWN_MODEL, ROLE, status,
-                                        time.perf_counter() - started)
-            headers = [(key.encode("latin-1"), value.encode("latin-1")) for key, value in error_headers.items()]
-            await _respond(send, status, payload, JSON, headers)
-            return
+            return self.refuse(exc, name, method, path, raw_headers, head.request_id if head else None, started)
         plane.metrics.count_request(name, ROLE, 200, time.perf_counter() - started)
-        await _respond(send, 200, payload, media, [(b"x-model-version", str(prediction.version).encode()),
-                                                   (b"x-request-id", head.request_id.encode()), *extra_headers])
+        return Reply(200, [(b"x-model-version", str(prediction.version).encode()),
+                           (b"x-request-id", head.request_id.encode()), *extra_headers], media, payload)
 
-
-async def _respond(send: Send, status: int, body: bytes, media: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-    headers.append((b"content-type", media))
-    headers.append((b"content-length", str(len(body)).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    def refuse(self, exc: BaseException, name: str, method: str, path: str, raw_headers: list[tuple[bytes, bytes]],
+               request_id: str | None, started: float) -> Reply:
+        """The error reply to an inference request, counted."""
+        scope = {"method": method, "path": path, "headers": raw_headers}
+        if request_id is not None:
+            scope["inferloop.request_id"] = request_id
+        status, headers, payload = error_parts(exc, scope)  # type: ignore[arg-type]
+        plane = self.plane
+        plane.metrics.count_request(name if name in plane.models else UNKNOWN_MODEL, ROLE, status,
+                                    time.perf_counter() - started)
+        return Reply(status, [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()], JSON, payload)

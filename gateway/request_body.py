@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from litestar.exceptions import InternalServerException
@@ -55,19 +55,32 @@ async def receive_body(receive: Receive, limit: int, declared: int | None) -> by
 
 
 class BodyReader:
+    """Body deadlines for every reader: `read` for handlers awaiting a body (ASGI), `watch` and
+    `unwatch` for readers that are called back as bytes arrive (`gateway.http_protocol`)."""
+
     def __init__(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
         self.tick = min(1.0, timeout_s / 4)
-        self._reading: dict[asyncio.Task[object], float] = {}  # task -> monotonic deadline
-        self._expired: set[asyncio.Task[object]] = set()
+        self._reading: dict[object, tuple[float, Callable[[object], None]]] = {}  # key -> deadline, on expiry
+        self._expired: set[object] = set()
         self._timer: asyncio.TimerHandle | None = None
+
+    def watch(self, key: object, on_expiry: Callable[[object], None]) -> None:
+        """Call `on_expiry(key)` (once) unless `unwatch(key)` comes within `timeout_s`."""
+        self._reading[key] = (time.monotonic() + self.timeout_s, on_expiry)
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.tick, self._sweep)
+
+    def unwatch(self, key: object) -> None:
+        self._reading.pop(key, None)
+
+    def timeout_error(self) -> RequestTimeout:
+        return RequestTimeout(f"request body not received within {self.timeout_s:g} s (--body-timeout)")
 
     async def read(self, body: Awaitable[bytes]) -> bytes:
         task = asyncio.current_task()
         assert task is not None
-        self._reading[task] = time.monotonic() + self.timeout_s
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.tick, self._sweep)
+        self.watch(task, self._cancel)
         try:
             return await body
         except asyncio.CancelledError:
@@ -75,7 +88,7 @@ class BodyReader:
                 raise  # shutdown, not us
             self._expired.discard(task)
             task.uncancel()
-            raise RequestTimeout(f"request body not received within {self.timeout_s:g} s (--body-timeout)") from None
+            raise self.timeout_error() from None
         except InternalServerException as exc:  # Litestar's signal that the client went away mid-body
             if "disconnect" not in str(exc.detail):
                 raise
@@ -83,12 +96,18 @@ class BodyReader:
         finally:
             del self._reading[task]
 
+    def _cancel(self, task: object) -> None:
+        assert isinstance(task, asyncio.Task)
+        self._expired.add(task)
+        task.cancel()
+
     def _sweep(self) -> None:
         self._timer = None
         now = time.monotonic()
-        for task, deadline in list(self._reading.items()):
-            if deadline <= now and task not in self._expired:
-                self._expired.add(task)
-                task.cancel()
+        for key, (deadline, on_expiry) in list(self._reading.items()):
+            if deadline <= now and key not in self._expired:
+                if not isinstance(key, asyncio.Task):
+                    del self._reading[key]  # a task's entry goes when its read ends
+                on_expiry(key)
         if self._reading:
             self._timer = asyncio.get_running_loop().call_later(self.tick, self._sweep)

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import httpx
 import uvicorn
 
-from gateway.app import create_app
+from gateway.app import create_app, uvicorn_config
 from gateway.device import DeviceMemory
 from gateway.settings import (
     BatchingSettings,
@@ -81,8 +81,8 @@ class ThreadedGateway:
         self._sock = bound_socket()
         port = self._sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
-        config = uvicorn.Config(self.app, loop="uvloop", http="httptools", lifespan="on", log_level="warning",
-                                access_log=False, timeout_graceful_shutdown=5)
+        config = uvicorn_config(self.app, settings, log_level="warning", access_log=False,
+                                timeout_graceful_shutdown=5)
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True)
         self.client = httpx.Client(base_url=self.url, timeout=30)

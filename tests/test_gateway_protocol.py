@@ -32,8 +32,10 @@ class Served:
             return self.module(torch.as_tensor(rows, dtype=torch.float32)).numpy()
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+@pytest.fixture(scope="module", params=["http-fast-path", "asgi"])
+def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """Every test here runs against both ways an inference request is answered: in uvicorn's HTTP
+    protocol (gateway.http_protocol, the default) and through ASGI (`--http-fast-path off`)."""
     tmp = tmp_path_factory.mktemp("gateway-protocol")
     uri = f"file://{tmp / 'registry'}"
     with Registry.open(uri) as reg:
@@ -42,7 +44,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         register_tiny(reg, PENDING, seed=2)
         module = reg.load_model(MODEL, version)
     settings = settings_for(uri, [MODEL, PENDING], tmp,
-                            server={"max_request_rows": MAX_ROWS, "max_body_bytes": MAX_BODY})
+                            server={"max_request_rows": MAX_ROWS, "max_body_bytes": MAX_BODY,
+                                    "http_fast_path": request.param == "http-fast-path"})
     with ThreadedGateway(settings) as gw:
         gw.wait_serving(MODEL, version)
         yield Served(gw, module, version)
