@@ -9,6 +9,9 @@ itself does for a batched single-row request (header scan, decode, queueing, enc
 `InferenceRoutes` answers them straight from ASGI messages, and hands every other request (health,
 metadata, admin, metrics, unknown paths) to Litestar unchanged. Errors go through the same
 `error_responses.error_parts` as Litestar's exception handler, so both paths answer alike.
+
+By default most inference requests do not even reach ASGI: `gateway.http_protocol` calls
+`InferenceRoutes.answer` from uvicorn's HTTP protocol. The ASGI route serves the rest (see there).
 """
 
 from __future__ import annotations
