@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from registry.policy import Policy
 
-    from .dataplane import DataPlane, ServedModel
+    from .dataplane import DataPlane
     from .lifespan import Lifespan
 
 log = logging.getLogger("inferloop.gateway")
@@ -69,11 +69,6 @@ def prediction_log(plane: DataPlane) -> Lifespan:
     return manage
 
 
-def _detach(model: ServedModel, observer: object) -> None:
-    if model.batcher is not None and observer in model.batcher.observers:
-        model.batcher.observers.remove(observer)
-
-
 def shadow_mirrors(plane: DataPlane) -> Lifespan:
     """A mirror per model onto its `shadow` stage (created by `stages_and_pollers`), and its evaluator."""
 
@@ -86,6 +81,7 @@ def shadow_mirrors(plane: DataPlane) -> Lifespan:
         assert plane.registry is not None and plane.events is not None
         plane.shadow_executor = DeviceExecutor(plane.device, "shadow", 1)
         tasks: list[asyncio.Task[None]] = []
+        detach: list[Callable[[], None]] = []
         loop = asyncio.get_running_loop()
         for name, model in plane.models.items():
             primary = model.primary
@@ -94,8 +90,7 @@ def shadow_mirrors(plane: DataPlane) -> Lifespan:
                                   plane.metrics, plane.prediction_log, primary)
             model.mirror = mirror
             mirror.start()
-            assert model.batcher is not None
-            model.batcher.observers.append(mirror)
+            detach.append(plane.observe(name, mirror))
             tasks.append(loop.create_task(auto_promote_loop(mirror, plane.registry, plane.events,
                                                             model.pollers[SHADOW_STAGE],
                                                             model.pollers[primary.stage],
@@ -105,9 +100,10 @@ def shadow_mirrors(plane: DataPlane) -> Lifespan:
             yield
         finally:
             await cancel_all(tasks)
+            for remove in detach:
+                remove()
             for model in plane.models.values():
                 if model.mirror is not None:
-                    _detach(model, model.mirror)
                     await model.mirror.stop()
                     model.mirror = None
             await asyncio.to_thread(plane.shadow_executor.shutdown)
@@ -128,6 +124,7 @@ def drift_watches(plane: DataPlane) -> Lifespan:
         assert plane.events is not None
         http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=3.0))
         watches: list[DriftWatch] = []
+        detach: list[Callable[[], None]] = []
         for name, model in plane.models.items():
             configured = model.policy.monitor if model.policy else None
             policy = configured or MonitorPolicy()
@@ -138,8 +135,7 @@ def drift_watches(plane: DataPlane) -> Lifespan:
             watch = DriftWatch(name, policy, model.primary, plane.metrics, plane.events, http,
                                trigger_enabled=configured is not None)
             model.drift = watch
-            assert model.batcher is not None
-            model.batcher.observers.append(watch)
+            detach.append(plane.observe(name, watch))
             watches.append(watch)
         timer = asyncio.get_running_loop().create_task(drift_timer(watches, settings.drift.evaluate_interval_s),
                                                        name="drift-timer")
@@ -147,9 +143,10 @@ def drift_watches(plane: DataPlane) -> Lifespan:
             yield
         finally:
             await cancel_all([timer])
+            for remove in detach:
+                remove()
             for model in plane.models.values():
                 if model.drift is not None:
-                    _detach(model, model.drift)
                     await model.drift.close()
                     model.drift = None
             await http.aclose()
