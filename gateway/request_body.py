@@ -94,7 +94,7 @@ class BodyReader:
                 raise
             raise ClientDisconnected("the client closed the connection before sending its whole body") from None
         finally:
-            del self._reading[task]
+            self._reading.pop(task, None)  # gone already if the sweep expired it
 
     def _cancel(self, task: object) -> None:
         assert isinstance(task, asyncio.Task)
@@ -105,9 +105,8 @@ class BodyReader:
         self._timer = None
         now = time.monotonic()
         for key, (deadline, on_expiry) in list(self._reading.items()):
-            if deadline <= now and key not in self._expired:
-                if not isinstance(key, asyncio.Task):
-                    del self._reading[key]  # a task's entry goes when its read ends
+            if deadline <= now:
+                del self._reading[key]
                 on_expiry(key)
         if self._reading:
             self._timer = asyncio.get_running_loop().call_later(self.tick, self._sweep)
