@@ -61,16 +61,16 @@ def bound_socket() -> socket.socket:
     return sock
 
 
-def eventually(check: Callable[[], T], timeout: float = 30.0, what: str = "condition") -> T:
-    """Poll `check` until it returns something truthy; a deadline, not a timing assertion."""
+def eventually(check: Callable[[], T], timeout: float = 30.0, what: str = "condition", interval: float = 0.02) -> T:
+    """Poll `check` until it returns something truthy (returns it); a deadline, not a timing assertion."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+            raise AssertionError(f"timed out after {timeout:g} s: {what}")
+        time.sleep(interval)
 
 
 class ThreadedGateway:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
-from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,8 @@ import yaml
 
 from inferloop.cli import main as cli_main
 from trainer.synthetic import CLASSIFICATION_FEATURES, REGRESSION_FEATURES, generate
+
+from .gateway_harness import eventually as wait_for  # the one polling helper, under its old name
 
 TINY_DAYS, TINY_ROWS = 6, 250
 
@@ -110,15 +110,3 @@ class ServerThread:
         self.server.should_exit = True
         self.thread.join(30)
         self.sock.close()
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, message: str, interval: float = 0.05) -> Any:
-    """Poll until `predicate()` is truthy (returns it); a deadline, not a timing assertion."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{message} (after {timeout:g} s)")
-        time.sleep(interval)
