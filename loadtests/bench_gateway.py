@@ -29,6 +29,7 @@ import os
 import platform
 import shlex
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -131,10 +132,10 @@ def server_commands(uri: str, root: Path, extra_gateway: list[str], device: str 
     }
 
 
-def start(name: str, cmd: list[str], core: str) -> tuple[subprocess.Popen[bytes], str]:
+def start(name: str, cmd: list[str], core: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     proc = subprocess.Popen(["taskset", "-c", core, *cmd, "--port", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
+                            stderr=subprocess.PIPE, start_new_session=True, env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -147,6 +148,8 @@ def start(name: str, cmd: list[str], core: str) -> tuple[subprocess.Popen[bytes]
         except httpx.HTTPError:
             pass
         time.sleep(0.25)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
     raise RuntimeError(f"{name} did not become ready")
 
 

@@ -17,7 +17,6 @@ import os
 import shlex
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import httpx
 
-from .bench_gateway import LUA, MODEL, free_port, wrk
+from .bench_gateway import LUA, MODEL, start, wrk
 
 TOKEN = "bench-swap-token"
 
@@ -80,22 +79,12 @@ def main(argv: list[str] | None = None) -> int:
         uri = make_registry(tmp)
         script = tmp / "post.lua"
         script.write_text(LUA)
-        port = free_port()
-        proc = subprocess.Popen(["taskset", "-c", args.server_core, sys.executable, "-m", "inferloop.cli", "serve",
-                                 "--registry", uri, "--model", MODEL, "--port", str(port), "--torch-threads", "1",
-                                 "--cache-dir", str(tmp / "cache"), "--poll-interval", "1", "--cache-versions", "0",
-                                 "--log-level", "warning"], env={**os.environ, "INFERLOOP_ADMIN_TOKEN": TOKEN},
-                                start_new_session=True)
-        url = f"http://127.0.0.1:{port}"
-        infer = f"{url}/v2/models/{MODEL}/infer"
+        proc, infer = start("gateway", [sys.executable, "-m", "inferloop.cli", "serve", "--registry", uri, "--model",
+                                         MODEL, "--torch-threads", "1", "--cache-dir", str(tmp / "cache"),
+                                         "--poll-interval", "1", "--cache-versions", "0", "--log-level", "warning"],
+                            args.server_core, env={"INFERLOOP_ADMIN_TOKEN": TOKEN})
+        url = infer.removesuffix(f"/v2/models/{MODEL}/infer")
         try:
-            for _ in range(480):
-                try:
-                    if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.25)
             wrk(infer, script, args.client_core, args.connections, 3)  # warm-up
             for _ in range(args.runs):
                 steady.append(wrk(infer, script, args.client_core, args.connections, args.seconds))
