@@ -59,6 +59,8 @@ class FastCycle:
     `protocol.cycle` like uvicorn's own cycle (uvicorn reads `response_complete`, sets `keep_alive`
     on shutdown and `disconnected` when the client goes)."""
 
+    __slots__ = ("begun", "chunks", "complete", "disconnected", "headers", "keep_alive", "name", "path", "protocol",
+                 "response_complete", "route", "running", "size", "started_at", "too_large")
     message_event = _NoEvent
 
     def __init__(self, protocol: InferenceHttpProtocol, route: Route, name: str, path: str,
