@@ -27,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .bench_gateway import BODY, MODEL, Sample, start, wrk
+from .bench_gateway import LUA, MODEL, Sample, start, wrk
 
 SCENARIOS = {
     "base": (None, ["--drift", "off", "--shadow", "off"]),
@@ -36,16 +36,6 @@ SCENARIOS = {
     "shadow-all": ([64, 64], ["--drift", "on", "--shadow", "on", "--shadow-budget", "1.0"]),
     "shadow-slow": ([288, 288], ["--drift", "on", "--shadow", "on"]),
 }
-LUA = """wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = '@BODY@'
-@DELAY@
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("RESULT %d %.6f %d %d %d\\n", summary.requests, summary.duration / 1e6,
-    latency:percentile(50), latency:percentile(99), e.status + e.connect + e.read + e.write + e.timeout))
-end
-"""
 
 
 def make_registry(root: Path, shadow_hidden: list[int] | None) -> str:
@@ -69,8 +59,8 @@ def make_registry(root: Path, shadow_hidden: list[int] | None) -> str:
 
 
 def script(path: Path, delay_ms: int | None) -> Path:
-    delay = f"function delay() return {delay_ms} end" if delay_ms else ""
-    path.write_text(LUA.replace("@BODY@", BODY).replace("@DELAY@", delay))
+    """bench_gateway's wrk script; with `delay_ms`, each connection waits that long between requests."""
+    path.write_text(LUA + (f"function delay() return {delay_ms} end\n" if delay_ms else ""))
     return path
 
 
