@@ -21,9 +21,13 @@ def add_registry_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--s3-endpoint", help="S3 endpoint URL (env AWS_ENDPOINT_URL)")
 
 
+def registry_uri(args: argparse.Namespace) -> str:
+    """The registry URI from --registry, then INFERLOOP_REGISTRY, then the embedded default."""
+    return setting(args.registry, "INFERLOOP_REGISTRY", DEFAULT_REGISTRY_URI)
+
+
 def open_registry(args: argparse.Namespace) -> Registry:
-    uri = setting(args.registry, "INFERLOOP_REGISTRY", DEFAULT_REGISTRY_URI)
-    return Registry.open(uri, s3_endpoint=getattr(args, "s3_endpoint", None))
+    return Registry.open(registry_uri(args), s3_endpoint=getattr(args, "s3_endpoint", None))
 
 
 def register_parser(sub: argparse._SubParsersAction) -> None:
@@ -73,7 +77,7 @@ def _table(rows: list[list[Any]], header: list[str]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
-def _actor() -> str:
+def default_actor() -> str:
     try:
         return f"cli:{getpass.getuser()}"
     except (KeyError, OSError):
@@ -135,11 +139,11 @@ def run(args: argparse.Namespace) -> int:
             kwargs: dict[str, Any] = {}
             if args.expect is not None:
                 kwargs["expected_version"] = None if args.expect == "none" else int(args.expect)
-            p = reg.promote(args.name, args.version, args.stage, actor=_actor(), reason=args.reason, **kwargs)
+            p = reg.promote(args.name, args.version, args.stage, actor=default_actor(), reason=args.reason, **kwargs)
             _print_json(p) if args.json else print(f"{args.name} {args.stage} -> v{p.version}"
                                                     f" (was {p.previous_version or '-'})")
         elif cmd == "rollback":
-            p = reg.rollback(args.name, args.stage, to_version=args.to, actor=_actor(), reason=args.reason)
+            p = reg.rollback(args.name, args.stage, to_version=args.to, actor=default_actor(), reason=args.reason)
             _print_json(p) if args.json else print(f"{args.name} {args.stage} rolled back to v{p.version}"
                                                     f" (was {p.previous_version})")
         elif cmd == "history":

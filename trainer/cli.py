@@ -18,10 +18,9 @@ from typing import Any
 import msgspec
 
 from inferloop.cli import UsageError
-from inferloop.registry_cli import _actor as default_actor
-from inferloop.registry_cli import add_registry_options
+from inferloop.registry_cli import add_registry_options, default_actor, registry_uri
 from inferloop.settings import setting
-from registry import DEFAULT_REGISTRY_URI, RegistryError
+from registry import RegistryError
 
 from .errors import TrainerError
 
@@ -94,10 +93,6 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_ERROR
 
 
-def _registry_uri(args: argparse.Namespace) -> str:
-    return setting(args.registry, "INFERLOOP_REGISTRY", DEFAULT_REGISTRY_URI)
-
-
 def _train(args: argparse.Namespace) -> int:
     from registry.policy import load_policy
 
@@ -105,7 +100,7 @@ def _train(args: argparse.Namespace) -> int:
     from .pipeline import plan, plan_reproduce
     from .report import print_summary
 
-    uri = _registry_uri(args)
+    uri = registry_uri(args)
     if args.reproduce:
         name, version = args.reproduce
         request = plan_reproduce(name, version, uri, s3_endpoint=args.s3_endpoint, data=args.data)
@@ -138,7 +133,7 @@ def _serve(args: argparse.Namespace) -> int:
     from .service import ServiceSettings
 
     settings = ServiceSettings(
-        registry=_registry_uri(args),
+        registry=registry_uri(args),
         s3_endpoint=args.s3_endpoint,
         policies=setting(args.policies, "INFERLOOP_POLICIES", "policies"),
         host=setting(args.host, "INFERLOOP_TRAINER_HOST", "127.0.0.1"),
