@@ -84,9 +84,13 @@ def _rows(user: HttpUser) -> tuple[str, list[list[float]]]:
     return name, rows
 
 
-def _count(response) -> None:  # noqa: ANN001
-    if response.status_code == 200:
-        VERSIONS[f"{response.request.path_url.split('/')[3]} v{response.headers.get('x-model-version')}"] += 1
+def _post(user: HttpUser, path: str, body: dict, name: str) -> None:
+    """POST, count the answering version, and fail the request in Locust's stats unless it is a 200."""
+    with user.client.post(path, json=body, name=name, catch_response=True) as r:
+        if r.status_code == 200:
+            VERSIONS[f"{path.split('/')[3]} v{r.headers.get('x-model-version')}"] += 1
+        else:
+            r.failure(f"{r.status_code}: {r.text[:200]}")
 
 
 class OipUser(HttpUser):
@@ -98,11 +102,7 @@ class OipUser(HttpUser):
         name, rows = _rows(self)
         body = {"inputs": [{"name": "input", "shape": [len(rows), len(rows[0])], "datatype": "FP32",
                             "data": [v for r in rows for v in r]}]}
-        with self.client.post(f"/v2/models/{name}/infer", json=body, name="/v2/models/[name]/infer",
-                              catch_response=True) as r:
-            _count(r)
-            if r.status_code != 200:
-                r.failure(f"{r.status_code}: {r.text[:200]}")
+        _post(self, f"/v2/models/{name}/infer", body, "/v2/models/[name]/infer")
 
 
 class PredictUser(HttpUser):
@@ -112,11 +112,7 @@ class PredictUser(HttpUser):
     @task
     def predict(self) -> None:
         name, rows = _rows(self)
-        with self.client.post(f"/v1/models/{name}/predict", json={"instances": rows},
-                              name="/v1/models/[name]/predict", catch_response=True) as r:
-            _count(r)
-            if r.status_code != 200:
-                r.failure(f"{r.status_code}: {r.text[:200]}")
+        _post(self, f"/v1/models/{name}/predict", {"instances": rows}, "/v1/models/[name]/predict")
 
 
 class SwapUser(HttpUser):
