@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from gateway.settings import GatewaySettings
 from registry import MLP, Registry
 
 from .gateway_harness import AUTH, ThreadedGateway, eventually, infer_body, settings_for
@@ -35,6 +36,8 @@ def _send(gw: ThreadedGateway, rows: np.ndarray, prefix: str, threads: int = 8) 
 
 
 def _wait_shadow(gw: ThreadedGateway, version: int) -> None:
+    """The gateway is ready and the shadow stage serves `version`."""
+    gw.wait_ready()
     eventually(lambda: gw.plane.models["m"].stages["shadow"].serving_version == version, what="shadow loaded")
 
 
@@ -69,7 +72,6 @@ def test_every_mirrored_request_gives_one_joined_record(registry_with_pair, tmp_
     settings = settings_for(uri, ["m"], tmp_path, shadow={"budget": 1.0, "prediction_log": str(logdir)})
     rows = _rows(300)
     with ThreadedGateway(settings) as gw:
-        gw.wait_ready()
         _wait_shadow(gw, 2)
         answers = _send(gw, rows, "req")
         mirror = gw.plane.models["m"].mirror
@@ -105,7 +107,6 @@ def test_a_failing_shadow_changes_no_primary_response(tmp_path, kind) -> None:
     rows = _rows(200, seed=3)
     settings = settings_for(uri, ["m"], tmp_path, shadow={"budget": 1.0})
     with ThreadedGateway(settings) as gw:
-        gw.wait_ready()
         _wait_shadow(gw, bad)
         answers = _send(gw, rows, kind)
         mirror = gw.plane.models["m"].mirror
@@ -123,7 +124,6 @@ def test_budget_drops_and_counts_instead_of_slowing_the_primary(registry_with_pa
     uri, _, _ = registry_with_pair
     settings = settings_for(uri, ["m"], tmp_path, shadow={"budget": 0.001})
     with ThreadedGateway(settings) as gw:
-        gw.wait_ready()
         _wait_shadow(gw, 2)
         mirror = gw.plane.models["m"].mirror
         mirror.budget.burst_s = 0.0  # no allowance: the budget alone decides
@@ -137,7 +137,6 @@ def test_sampling_is_deterministic_by_request_id_and_changeable_at_run_time(regi
     logdir = tmp_path / "predictions"
     settings = settings_for(uri, ["m"], tmp_path, shadow={"budget": 1.0, "prediction_log": str(logdir)})
     with ThreadedGateway(settings) as gw:
-        gw.wait_ready()
         _wait_shadow(gw, 2)
         r = gw.client.post("/admin/models/m/shadow", json={"sample_rate": 0.5}, headers=AUTH)
         assert r.status_code == 200 and r.json()["sample_rate"] == 0.5
@@ -151,7 +150,8 @@ def test_sampling_is_deterministic_by_request_id_and_changeable_at_run_time(regi
     assert mirrored == chosen and 120 < len(chosen) < 280
 
 
-def _policy_dir(tmp_path, **shadow) -> str:
+def _settings_with_policy(uri: str, tmp_path, **shadow) -> GatewaySettings:
+    """Settings whose drift policy for `m` carries these shadow rules, evaluated every 50 ms."""
     d = tmp_path / "policies"
     d.mkdir()
     rules = "\n".join(f"  {k}: {json.dumps(v)}" for k, v in shadow.items())
@@ -164,17 +164,15 @@ training:
 shadow:
 {rules}
 """)
-    return str(d)
+    return settings_for(uri, ["m"], tmp_path, shadow={"budget": 1.0, "evaluate_interval_s": 0.05},
+                        drift={"policies": str(d)})
 
 
 def test_auto_promotion_fires_once_after_min_requests(registry_with_pair, tmp_path) -> None:
     uri, _, _ = registry_with_pair
-    policies = _policy_dir(tmp_path, min_requests=200, max_prediction_psi=50.0, max_p99_latency_ratio=1000.0,
-                           auto_promote=True)
-    settings = settings_for(uri, ["m"], tmp_path, shadow={"budget": 1.0, "evaluate_interval_s": 0.05},
-                            drift={"policies": policies})
+    settings = _settings_with_policy(uri, tmp_path, min_requests=200, max_prediction_psi=50.0,
+                                     max_p99_latency_ratio=1000.0, auto_promote=True)
     with ThreadedGateway(settings) as gw:
-        gw.wait_ready()
         _wait_shadow(gw, 2)
         mirror = gw.plane.models["m"].mirror
         _send(gw, _rows(150, seed=6), "early")
@@ -194,12 +192,9 @@ def test_auto_promotion_fires_once_after_min_requests(registry_with_pair, tmp_pa
 
 def test_a_failing_rule_blocks_promotion_and_the_report_says_which(registry_with_pair, tmp_path) -> None:
     uri, _, _ = registry_with_pair
-    policies = _policy_dir(tmp_path, min_requests=50, max_prediction_psi=0.0, max_p99_latency_ratio=1000.0,
-                           auto_promote=True)
-    settings = settings_for(uri, ["m"], tmp_path, shadow={"budget": 1.0, "evaluate_interval_s": 0.05},
-                            drift={"policies": policies})
+    settings = _settings_with_policy(uri, tmp_path, min_requests=50, max_prediction_psi=0.0,
+                                     max_p99_latency_ratio=1000.0, auto_promote=True)
     with ThreadedGateway(settings) as gw:
-        gw.wait_ready()
         _wait_shadow(gw, 2)
         _send(gw, _rows(120, seed=8), "f")
         mirror = gw.plane.models["m"].mirror
