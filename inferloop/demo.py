@@ -38,7 +38,7 @@ POLICY = """\
 model: revenue-forecast
 training:
   data: {{source: data/revenue-forecast, latest: 7}}
-  features: [price, competitor_price, marketing_spend, visits, discount, store_size, temperature, noise_a, noise_b]
+  features: [{features}]
   target: revenue
   kind: regression
   hidden: [64, 32]
@@ -247,7 +247,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     import httpx
 
     from registry import Registry
-    from trainer.synthetic import generate
+    from trainer.synthetic import REGRESSION_FEATURES, generate
 
     say = cfg.say
     t0 = time.monotonic()
@@ -268,13 +268,12 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     if cfg.s3_endpoint:
         env["AWS_ENDPOINT_URL"] = cfg.s3_endpoint
     data_dir = work / "data" / MODEL
-    policy = POLICY.format(epochs=cfg.epochs, window=cfg.window, min_samples=cfg.window // 2,
-                           shadow_min=max(200, cfg.window // 2))
+    features = REGRESSION_FEATURES  # the columns `generate` writes; the policy trains on all of them
+    policy = POLICY.format(features=", ".join(features), epochs=cfg.epochs, window=cfg.window,
+                           min_samples=cfg.window // 2, shadow_min=max(200, cfg.window // 2))
     (work / "policies" / f"{MODEL}.yaml").write_text(policy)
     start = dt.date(2024, 1, 1)
     day = lambda n: start + dt.timedelta(days=n - 1)  # noqa: E731 - 1-based day numbers
-    features = ["price", "competitor_price", "marketing_spend", "visits", "discount", "store_size", "temperature",
-                "noise_a", "noise_b"]
 
     step(f"generating 20 days of data ({cfg.rows_per_day} rows/day) in {data_dir}")
     generate(data_dir, kind="regression", days=DRIFT_FROM_DAY - 1, rows_per_day=cfg.rows_per_day, seed=7,
