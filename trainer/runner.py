@@ -79,13 +79,18 @@ class JobRunner:
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
+    def _count(self, state: str) -> int:
+        # the store's active index holds every queued or running job (one per model): count those,
+        # not every job the state directory has ever recorded (this runs on each scrape and health check)
+        return sum(1 for job_id in self.store.active.values() if self.store.jobs[job_id].state == state)
+
     @property
     def running(self) -> int:
-        return sum(1 for j in self.store.jobs.values() if j.state == "running")
+        return self._count("running")
 
     @property
     def queued(self) -> int:
-        return sum(1 for j in self.store.jobs.values() if j.state == "queued")
+        return self._count("queued")
 
     # -- requests -------------------------------------------------------------------------------
     def submit(self, request: RetrainRequest) -> tuple[Job, Outcome]:
