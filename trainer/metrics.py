@@ -10,11 +10,11 @@ from registry.policy import METRICS, Direction, Kind
 THRESHOLD = 0.5  # binary decision threshold on the predicted probability
 
 
+_DIRECTIONS: dict[str, Direction] = {m: d for metrics in METRICS.values() for m, d in metrics.items()}
+
+
 def direction(metric: str) -> Direction:
-    for metrics in METRICS.values():
-        if metric in metrics:
-            return metrics[metric]
-    raise KeyError(metric)
+    return _DIRECTIONS[metric]  # KeyError for a metric no kind defines
 
 
 def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float | None]:
