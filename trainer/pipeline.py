@@ -8,7 +8,6 @@ same `execute` from a manifest and compares instead of registering.
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from typing import Any, Literal
 
@@ -170,9 +169,10 @@ def execute(request: BuildRequest, dist: DistInfo = SINGLE_PROCESS, progress: Pr
 
 def _compare(manifest: VersionManifest, model: Any, summary: BuildSummary) -> BuildSummary:
     from registry.artifact import save_module
+    from registry.core import sha256
 
     artifact, _ = save_module(model)
-    summary.digest = hashlib.sha256(artifact).hexdigest()
+    summary.digest = sha256(artifact)  # the digest the registry gives an artifact it stores
     summary.reproduced_version = manifest.version
     summary.expected_digest = manifest.artifact.digest
     summary.digest_matches = summary.digest == manifest.artifact.digest
