@@ -170,6 +170,9 @@ class DataPlane:
         failed = last is not None and last.seq > seq_before and last.version == target
         result["serving"] = {"applied": stage.serving_version == target, "version": stage.serving_version,
                              "error": last.error if failed and last else None}
+        # the answer reports a swap or a failed load only once its audit event (`swapped`, `load_failed`)
+        # is in the registry, so a caller reading history right after sees it
+        await stage.events.flush(self.settings.server.admin_wait_s)
         return result
 
     # -- shadow and drift ---------------------------------------------------------------------

@@ -14,6 +14,7 @@ import select
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,7 @@ def api_schema(served: Served) -> schemathesis.BaseSchema:
 
 
 schema = schemathesis.pytest.from_fixture("api_schema")
+FUZZED_CASES: Counter[tuple[str, str]] = Counter()  # (method, path template) -> cases that ran to the end
 
 
 @schema.parametrize()
@@ -100,6 +102,19 @@ def test_fuzzed_requests_get_no_5xx_and_match_the_schema(case: schemathesis.Case
                            checks=[not_a_server_error, status_code_conformance, content_type_conformance,
                                    response_schema_conformance])
     assert served.gw.alive
+    FUZZED_CASES[(case.method.upper(), case.path)] += 1
+
+
+def test_the_fuzzer_ran_every_operation_of_the_document(served: Served) -> None:
+    """Observed: the fuzz test above really ran: every operation in the served OpenAPI document got
+    generated cases that completed. A schemathesis/pytest incompatibility, or a document the fuzzer
+    cannot read, fails here loudly instead of dropping the fuzz suite silently."""
+    document = served.gw.client.get("/openapi.json").json()
+    operations = {(method.upper(), path) for path, item in document["paths"].items()
+                  for method in item if method in {"get", "post", "put", "patch", "delete"}}
+    assert operations, "the gateway's OpenAPI document lists no operations"
+    starved = sorted(op for op in operations if not FUZZED_CASES[op])
+    assert not starved, f"operations the fuzzer did not exercise (cases run: {dict(FUZZED_CASES)}): {starved}"
 
 
 def test_after_fuzzing_the_gateway_is_healthy_and_logged_no_unhandled_error(served: Served) -> None:
