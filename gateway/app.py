@@ -6,19 +6,24 @@ from __future__ import annotations
 from typing import Any
 
 import uvicorn
+from inferloop.gateway.lifespan import (
+    batchers,
+    device_executors,
+    frozen_heap,
+    registry_client,
+    stages_and_pollers,
+)
+from inferloop.gateway.loop_lifespan import drift_watches, prediction_log, read_policies, shadow_mirrors
+from inferloop.gateway.metrics import GatewayMetrics
+from inferloop.gateway.serving.dataplane import DataPlane
+from inferloop.gateway.serving.device import DeviceMemory
+from inferloop.gateway.settings import GatewaySettings
+from inferloop.gateway.transport.admin_auth import AdminGuard
+from inferloop.gateway.transport.endpoints import build_routes
+from inferloop.gateway.transport.error_responses import error_response
+from inferloop.gateway.transport.inference import InferenceRoutes
+from inferloop.gateway.transport.request_body import BodyReader
 from litestar import Litestar
-
-from .admin_auth import AdminGuard
-from .dataplane import DataPlane
-from .device import DeviceMemory
-from .endpoints import build_routes
-from .error_responses import error_response
-from .inference import InferenceRoutes
-from .lifespan import batchers, device_executors, frozen_heap, registry_client, stages_and_pollers
-from .loop_lifespan import drift_watches, prediction_log, read_policies, shadow_mirrors
-from .metrics import GatewayMetrics
-from .request_body import BodyReader
-from .settings import GatewaySettings
 
 
 def create_app(settings: GatewaySettings, *, memory: DeviceMemory | None = None) -> Litestar:
@@ -40,7 +45,7 @@ def create_app(settings: GatewaySettings, *, memory: DeviceMemory | None = None)
         debug=False,
     )
     app.state.plane = plane
-    # the inference routes answer before Litestar's router (see gateway.inference); Litestar still
+    # the inference routes answer before Litestar's router (see inferloop.gateway.transport.inference); Litestar still
     # runs the lifespan and every other route
     app.asgi_handler = app.state.inference = InferenceRoutes(plane, bodies, app.asgi_handler)
     return app
@@ -52,7 +57,7 @@ def uvicorn_config(app: Litestar, settings: GatewaySettings, **options: Any) -> 
     server = settings.server
     http: Any = "httptools"
     if server.http_fast_path and not server.access_log:  # the fast path writes no access log lines
-        from .http_protocol import protocol_for
+        from inferloop.gateway.transport.http_protocol import protocol_for
 
         http = protocol_for(app.state.inference) or http
     options = {"loop": "uvloop", "http": http, "lifespan": "on", "access_log": server.access_log,

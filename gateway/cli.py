@@ -12,7 +12,7 @@ import signal
 import socket
 from pathlib import Path
 
-from registry import DEFAULT_REGISTRY_URI
+from inferloop.registry import DEFAULT_REGISTRY_URI
 
 
 def register_parser(sub: argparse._SubParsersAction) -> None:
@@ -97,7 +97,7 @@ def register_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _flags(args: argparse.Namespace) -> dict[str, object]:
-    from inferloop.cli import UsageError
+    from inferloop.registry.commandline import UsageError
 
     flags = dict(vars(args))
     for switch in ("batching", "shadow", "drift", "http_fast_path"):
@@ -113,11 +113,10 @@ def _flags(args: argparse.Namespace) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from inferloop.cli import UsageError
-    from registry import AsyncRegistry
-    from registry.names import check_model_name
-
-    from .settings import SettingsError, resolve_settings
+    from inferloop.gateway.settings import SettingsError, resolve_settings
+    from inferloop.registry import AsyncRegistry
+    from inferloop.registry.commandline import UsageError
+    from inferloop.registry.names import check_model_name
 
     try:
         settings = resolve_settings(_flags(args))
@@ -130,9 +129,8 @@ def run(args: argparse.Namespace) -> int:
     AsyncRegistry.open(settings.registry.uri, s3_endpoint=settings.registry.s3_endpoint)  # a bad URI fails here
 
     import uvicorn
-
-    from .app import create_app, uvicorn_config
-    from .device import DeviceUnavailable, resolve_device, return_large_frees_to_os
+    from inferloop.gateway.app import create_app, uvicorn_config
+    from inferloop.gateway.serving.device import DeviceUnavailable, resolve_device, return_large_frees_to_os
 
     try:
         resolve_device(settings.runtime.device)

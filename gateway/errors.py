@@ -1,4 +1,4 @@
-"""Gateway errors. Like the registry's, they carry no HTTP: `gateway.error_responses` maps them.
+"""Gateway errors. Like the registry's, they carry no HTTP: `inferloop.gateway.transport.error_responses` maps them.
 
     GatewayError
     ├── InvalidInput          a request we cannot run: malformed body, wrong shape or datatype, NaN/Inf

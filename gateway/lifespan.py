@@ -17,16 +17,15 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING
 
-from registry import AsyncRegistry, Unavailable
-
-from .batcher import MicroBatcher
-from .blob_cache import BlobCache
-from .dataplane import PRIMARY_STAGE, DataPlane, ServedModel
-from .device import DeviceExecutor, resolve_device
-from .events import EventRecorder
-from .loader import SlotLoader
-from .poller import StagePoller
-from .stage import ModelStage
+from inferloop.gateway.serving.batcher import MicroBatcher
+from inferloop.gateway.serving.blob_cache import BlobCache
+from inferloop.gateway.serving.dataplane import PRIMARY_STAGE, DataPlane, ServedModel
+from inferloop.gateway.serving.device import DeviceExecutor, resolve_device
+from inferloop.gateway.serving.events import EventRecorder
+from inferloop.gateway.serving.loader import SlotLoader
+from inferloop.gateway.serving.poller import StagePoller
+from inferloop.gateway.serving.stage import ModelStage
+from inferloop.registry import AsyncRegistry, Unavailable
 
 if TYPE_CHECKING:
     from litestar import Litestar

@@ -16,22 +16,20 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 import msgspec
+from inferloop.gateway.drift.watch import DriftWatch, drift_timer
+from inferloop.gateway.lifespan import SHADOW_STAGE, cancel_all
+from inferloop.gateway.serving.device import DeviceExecutor
+from inferloop.gateway.shadow.mirror import ShadowMirror, auto_promote_loop
+from inferloop.gateway.shadow.prediction_log import LocalDirSink, PredictionLog, StoreSink
 
-from registry.policy import MonitorPolicy, ShadowPolicy, load_policies
-
-from .device import DeviceExecutor
-from .drift_watch import DriftWatch, drift_timer
-from .lifespan import SHADOW_STAGE, cancel_all
-from .prediction_log import LocalDirSink, PredictionLog, StoreSink
-from .shadow import ShadowMirror, auto_promote_loop
+from inferloop.policy import MonitorPolicy, ShadowPolicy, load_policies
 
 if TYPE_CHECKING:
+    from inferloop.gateway.lifespan import Lifespan
+    from inferloop.gateway.serving.dataplane import DataPlane
     from litestar import Litestar
 
-    from registry.policy import Policy
-
-    from .dataplane import DataPlane
-    from .lifespan import Lifespan
+    from inferloop.policy import Policy
 
 log = logging.getLogger("inferloop.gateway")
 
@@ -51,7 +49,7 @@ def prediction_log(plane: DataPlane) -> Lifespan:
         plane.prediction_log = None
         if target:
             if "://" in target and not target.startswith("file://"):
-                from registry.store import open_store
+                from inferloop.registry.store import open_store
 
                 sink = StoreSink(open_store(target, s3_endpoint=plane.settings.registry.s3_endpoint))
             else:

@@ -142,7 +142,7 @@ class GatewayMetrics:
                                    ["model", "stage"], registry=r)
         self.observer_errors = Counter("inferloop_batch_observer_errors", "Batch observers that raised",
                                        ["model", "observer"], registry=r)
-        # shadow traffic and drift (gateway.shadow, gateway.drift_watch)
+        # shadow traffic and drift (inferloop.gateway.shadow.mirror, inferloop.gateway.drift.watch)
         self.shadow_dropped = Counter("inferloop_shadow_dropped", "Mirrored requests dropped before the shadow ran",
                                       ["model", "reason"], registry=r)
         self.shadow_errors = Counter("inferloop_shadow_errors", "Mirrored requests the shadow failed on",

@@ -12,8 +12,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import msgspec
-
-from registry import DEFAULT_REGISTRY_URI
+from inferloop.registry import DEFAULT_REGISTRY_URI
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
@@ -47,7 +46,7 @@ class ServerSettings(Settings, frozen=True):
     access_log: bool = False
     """Per-request access log lines (off by default: they cost throughput)."""
     http_fast_path: bool = True
-    """Answer plain inference requests in uvicorn's HTTP protocol, without ASGI (gateway.http_protocol);
+    """Answer plain inference requests in uvicorn's HTTP protocol, without ASGI (inferloop.gateway.transport.http_protocol);
     off: every request goes through ASGI (same answers, about half the throughput on one core)."""
     gc_freeze: bool = True
     """Move start-up objects (torch's ~200k) out of the collector's reach, so full collections stay

@@ -7,21 +7,20 @@ import argparse
 import importlib
 import sys
 
-from registry import RegistryError
-
-from .errors import UsageError
+from inferloop.registry import RegistryError
+from inferloop.registry.commandline import UsageError
 
 EXIT_ERROR = 2
 __all__ = ["UsageError", "build_parser", "main"]
 
 # command -> module that defines register_parser(sub) and run(args); imported lazily for speed.
 COMMANDS = {
-    "registry": "inferloop.registry_cli",
+    "registry": "inferloop.registry.cli",
     "demo": "inferloop.demo",
-    "train": "trainer.cli",
-    "trainer": "trainer.cli",
-    "data": "trainer.cli",
-    "serve": "gateway.cli",
+    "train": "inferloop.trainer.cli",
+    "trainer": "inferloop.trainer.cli",
+    "data": "inferloop.trainer.cli",
+    "serve": "inferloop.gateway.cli",
 }
 
 

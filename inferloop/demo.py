@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = run_demo(cfg)
     except (RuntimeError, TimeoutError) as exc:
-        from .cli import UsageError
+        from inferloop.registry.commandline import UsageError
 
         raise UsageError(f"demo stopped: {exc}") from None
     return 0 if result.ok else 1
@@ -246,8 +246,8 @@ def _feature_rows(data_dir: Path, days: list[dt.date], features: list[str]) -> n
 def run_demo(cfg: DemoConfig) -> DemoResult:
     import httpx
 
-    from registry import Registry
-    from trainer.synthetic import REGRESSION_FEATURES, generate
+    from inferloop.registry import Registry
+    from inferloop.trainer.synthetic import REGRESSION_FEATURES, generate
 
     say = cfg.say
     t0 = time.monotonic()

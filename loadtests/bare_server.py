@@ -18,10 +18,9 @@ from collections.abc import AsyncIterator
 
 import msgspec
 import numpy as np
+from inferloop.gateway.transport.protocol import InferRequest, encode_infer
 from litestar import Litestar, Request, post
 from litestar.response.base import ASGIResponse
-
-from gateway.protocol import InferRequest, encode_infer
 
 CONSTANT = (b'{"model_name":"bench","model_version":"1","outputs":[{"name":"output","datatype":"FP32",'
             b'"shape":[1,1],"data":[0.5]}]}')
@@ -33,8 +32,7 @@ def build(mode: str, registry: str, model: str, device: str = "cpu") -> Litestar
     module = None
     if mode == "forward":
         import torch
-
-        from registry import Registry
+        from inferloop.registry import Registry
 
         reg = Registry.open(registry)
         pointer = reg.get_pointer(model, "production")

@@ -104,8 +104,7 @@ def free_port() -> int:
 
 def make_registry(root: Path) -> str:
     import torch
-
-    from registry import MLP, Registry
+    from inferloop.registry import MLP, Registry
 
     uri = f"file://{root / 'registry'}"
     torch.manual_seed(0)

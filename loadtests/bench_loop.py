@@ -40,8 +40,7 @@ SCENARIOS = {
 
 def make_registry(root: Path, shadow_hidden: list[int] | None) -> str:
     import torch
-
-    from registry import MLP, Registry
+    from inferloop.registry import MLP, Registry
 
     uri = f"file://{root / 'registry'}"
     x = torch.randn(2048, 8, generator=torch.Generator().manual_seed(1))

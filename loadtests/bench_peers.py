@@ -42,9 +42,8 @@ def prepare(work: Path, with_gateway: bool) -> tuple[Context, float]:
     """The weights (fixed seed, safetensors), the request row, and the expected answer."""
     import numpy as np
     import torch
-
-    from registry.architectures import MLP
-    from registry.artifact import save_module
+    from inferloop.registry.architectures import MLP
+    from inferloop.registry.artifact import save_module
 
     torch.manual_seed(0)
     model = MLP(8, 1, [64, 64]).eval()
@@ -63,9 +62,8 @@ def prepare(work: Path, with_gateway: bool) -> tuple[Context, float]:
 
 def register(root: Path, model) -> None:
     import torch
-
-    from registry import Registry
-    from registry.architectures import MLP
+    from inferloop.registry import Registry
+    from inferloop.registry.architectures import MLP
 
     reg = Registry.open(f"file://{root}")
     x = torch.randn(512, 8, generator=torch.Generator().manual_seed(2))

@@ -30,10 +30,10 @@ def _free_port() -> int:
 
 
 def _artifact_factory():
-    from registry.architectures import MLP
-    from registry.artifact import FORMAT, save_module
-    from registry.lineage import capture_code, capture_environment
-    from registry.manifest import ArtifactInfo, FeatureSpec, InputSignature, Lineage
+    from inferloop.registry.architectures import MLP
+    from inferloop.registry.artifact import FORMAT, save_module
+    from inferloop.registry.lineage import capture_code, capture_environment
+    from inferloop.registry.manifest import ArtifactInfo, FeatureSpec, InputSignature, Lineage
 
     model = MLP(8, 1, [64, 64])
     data, spec = save_module(model)
@@ -58,7 +58,7 @@ async def _time(n: int, fn) -> list[float]:
 
 
 async def bench(uri: str, n: int) -> dict[str, float]:
-    from registry import AsyncRegistry
+    from inferloop.registry import AsyncRegistry
 
     make, size = _artifact_factory()
     async with AsyncRegistry.open(uri) as core:

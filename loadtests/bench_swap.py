@@ -32,8 +32,7 @@ TOKEN = "bench-swap-token"
 
 def make_registry(root: Path) -> str:
     import torch
-
-    from registry import MLP, Registry
+    from inferloop.registry import MLP, Registry
 
     uri = f"file://{root / 'registry'}"
     x = torch.randn(512, 8, generator=torch.Generator().manual_seed(1))

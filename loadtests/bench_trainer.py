@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--large-batch", type=int, default=1024)
     args = parser.parse_args()
 
-    from trainer.synthetic import generate
+    from inferloop.trainer.synthetic import generate
 
     with tempfile.TemporaryDirectory(prefix="bench-trainer-") as tmp_name:
         tmp = Path(tmp_name)

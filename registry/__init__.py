@@ -5,8 +5,8 @@ Imports nothing from `gateway` or `trainer`.
 
 from __future__ import annotations
 
-from .core import AsyncRegistry, PointerState
-from .errors import (
+from inferloop.registry.core import AsyncRegistry, PointerState
+from inferloop.registry.errors import (
     Conflict,
     CorruptArtifact,
     InvalidName,
@@ -16,17 +16,17 @@ from .errors import (
     Unavailable,
     UnsupportedArtifact,
 )
-from .manifest import StagePointer, VersionManifest
-from .names import STAGES
-from .store import DEFAULT_REGISTRY_URI
-from .sync import Registry
-from .tracking import Run
+from inferloop.registry.manifest import StagePointer, VersionManifest
+from inferloop.registry.names import STAGES
+from inferloop.registry.store import DEFAULT_REGISTRY_URI
+from inferloop.registry.sync import Registry
+from inferloop.registry.tracking import Run
 
 
 def __getattr__(name: str):
     # torch is imported only when a model is built, so the CLI and pollers start fast.
     if name in ("MLP", "build_module"):
-        from . import architectures
+        from inferloop.registry import architectures
 
         return getattr(architectures, name)
     raise AttributeError(name)

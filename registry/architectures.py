@@ -6,10 +6,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+from inferloop.registry.errors import UnsupportedArtifact
+from inferloop.registry.manifest import ModelSpec
 from torch import nn
-
-from .errors import UnsupportedArtifact
-from .manifest import ModelSpec
 
 if TYPE_CHECKING:
     from collections.abc import Callable

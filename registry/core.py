@@ -20,11 +20,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-
-from . import layout
-from .errors import Conflict, CorruptArtifact, NotFound, RegistryError
-from .failpoints import failpoint
-from .manifest import (
+from inferloop.registry import layout
+from inferloop.registry.errors import Conflict, CorruptArtifact, NotFound, RegistryError
+from inferloop.registry.failpoints import failpoint
+from inferloop.registry.manifest import (
     ArtifactInfo,
     Event,
     InputSignature,
@@ -35,8 +34,8 @@ from .manifest import (
     VersionManifest,
     encode,
 )
-from .names import STAGES, check_model_name, check_stage, check_version
-from .store import ObjectStore, open_store
+from inferloop.registry.names import STAGES, check_model_name, check_stage, check_version
+from inferloop.registry.store import ObjectStore, open_store
 
 POINTER_HISTORY = 100  # versions remembered per pointer for walk-back rollbacks
 POINTER_ABSENT = "absent"  # the ETag `poll_pointer` reports for a pointer object that does not exist

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .names import check_digest, check_model_name, check_stage, check_version
+from inferloop.registry.names import check_digest, check_model_name, check_stage, check_version
 
 MODELS = "models/"
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from importlib import metadata
 
-from .manifest import CodeLineage, DataLineage, DataPartition, Environment
+from inferloop.registry.manifest import CodeLineage, DataLineage, DataPartition, Environment
 
 
 def _git(*args: str, cwd: str | None = None) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import InvalidName
+from inferloop.registry.errors import InvalidName
 
 STAGES = ("staging", "shadow", "production")
 

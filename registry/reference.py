@@ -7,8 +7,7 @@ counts missing (NaN) values. Counting is vectorised (`searchsorted` + `bincount`
 from __future__ import annotations
 
 import numpy as np
-
-from .manifest import BinnedReference, ReferenceStats
+from inferloop.registry.manifest import BinnedReference, ReferenceStats
 
 DEFAULT_BINS = 10
 

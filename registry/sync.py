@@ -8,10 +8,10 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from .core import AsyncRegistry
-from .manifest import Event, StagePointer, VersionManifest
-from .store import DEFAULT_REGISTRY_URI
-from .tracking import Run
+from inferloop.registry.core import AsyncRegistry
+from inferloop.registry.manifest import Event, StagePointer, VersionManifest
+from inferloop.registry.store import DEFAULT_REGISTRY_URI
+from inferloop.registry.tracking import Run
 
 T = TypeVar("T")
 
@@ -110,7 +110,7 @@ class Registry:
 
     def load_model(self, name: str, version: int | str, device: str = "cpu") -> Any:
         """Fetch, verify and rebuild a version's module (no pickle)."""
-        from .artifact import load_module
+        from inferloop.registry.artifact import load_module
 
         manifest = self.get_manifest(name, version)
         data = self.get_blob(manifest.artifact.digest)

@@ -6,10 +6,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-from .artifact import FORMAT, save_module
-from .lineage import capture_code, capture_environment
-from .manifest import (
+from inferloop.registry.artifact import FORMAT, save_module
+from inferloop.registry.lineage import capture_code, capture_environment
+from inferloop.registry.manifest import (
     ArtifactInfo,
     DataLineage,
     FeatureSpec,
@@ -19,13 +18,12 @@ from .manifest import (
     ValidationRecord,
     VersionManifest,
 )
-from .names import check_model_name
-from .reference import reference_stats
+from inferloop.registry.names import check_model_name
+from inferloop.registry.reference import reference_stats
 
 if TYPE_CHECKING:
+    from inferloop.registry.sync import Registry
     from torch import nn
-
-    from .sync import Registry
 
 
 def _as_array(x: Any) -> np.ndarray:

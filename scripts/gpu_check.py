@@ -13,7 +13,7 @@ and swaps through the admin endpoint while sending requests:
            load); requests during the swaps still succeed.
   phase 4  shadow traffic on the GPU: a second version in the `shadow` stage, mirrored at sample rate
            1.0 with budget 1.0, so every primary batch also runs through the shadow's forward on its own
-           lowest-priority CUDA stream (gateway/shadow.py). A few hundred requests (single rows and
+           lowest-priority CUDA stream (gateway/shadow/mirror.py). A few hundred requests (single rows and
            small batches) with known inputs; every primary answer must equal a CPU forward of the
            production version, the shadow report must have compared every row with no drops or errors,
            and every shadow output in the prediction log must equal a CPU forward of the shadow version
@@ -52,8 +52,7 @@ MIB = 1 << 20
 def register_versions(uri: str, features: int, hidden: int) -> tuple[list[int], int]:
     """Two versions of one model; returns their numbers and the bytes of one model's weights."""
     import torch
-
-    from registry import MLP, Registry
+    from inferloop.registry import MLP, Registry
 
     versions, weights = [], 0
     with Registry.open(uri) as reg:
@@ -73,9 +72,8 @@ class Gateway:
     def __init__(self, uri: str, cache_dir: Path, device: str, cache_versions: int, headroom: int,
                  shadow: dict | None = None) -> None:
         import uvicorn
-
-        from gateway.app import create_app
-        from gateway.settings import (
+        from inferloop.gateway.app import create_app
+        from inferloop.gateway.settings import (
             GatewaySettings,
             RegistrySettings,
             RuntimeSettings,
@@ -192,8 +190,7 @@ def shadow_phase(checks: Checks, uri: str, tmp: Path, args: argparse.Namespace, 
                  weights: int, before: int) -> None:
     """Phase 4: every primary batch mirrored to a shadow version whose forward runs on its own CUDA stream."""
     import torch
-
-    from registry import Registry
+    from inferloop.registry import Registry
 
     print(f"phase 4: shadow traffic: v{v1} in production, v{v2} in shadow, sample rate 1.0, budget 1.0; "
           f"{args.requests} requests")

@@ -39,11 +39,11 @@ class ChildGroup:
     """A child process leading its own process group; its output goes to `log_path`."""
 
     def __init__(self, argv: list[str], log_path: Path, env: dict[str, str] | None = None,
-                 pass_fds: tuple[int, ...] = ()) -> None:
+                 pass_fds: tuple[int, ...] = (), cwd: Path = ROOT) -> None:
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(argv, env={**os.environ, **(env or {})}, stdout=self._log,
-                                     stderr=subprocess.STDOUT, pass_fds=pass_fds, start_new_session=True, cwd=ROOT)
+                                     stderr=subprocess.STDOUT, pass_fds=pass_fds, start_new_session=True, cwd=cwd)
 
     @property
     def alive(self) -> bool:
@@ -140,12 +140,13 @@ class TrainerProcess(ChildGroup):
     job process its state directory names (the service does on SIGTERM; this covers a SIGKILLed one)."""
 
     def __init__(self, tmp: Path, port: int, *, registry: str, policies: Path, state: Path,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, command: tuple[str, ...] = (sys.executable, "-m", "inferloop.cli"),
+                 cwd: Path = ROOT) -> None:
         self.url = f"http://127.0.0.1:{port}"
         self.state = state
-        argv = [sys.executable, "-m", "inferloop.cli", "trainer", "serve", "--registry", registry,
+        argv = [*command, "trainer", "serve", "--registry", registry,
                 "--policies", str(policies), "--state-dir", str(state), "--port", str(port)]
-        super().__init__(argv, tmp / f"trainer-{next(_serial)}.log", env)
+        super().__init__(argv, tmp / f"trainer-{next(_serial)}.log", env, cwd=cwd)
         self.client = httpx.Client(base_url=self.url, timeout=10)
 
     def wait_up(self, timeout: float = 60.0) -> None:

@@ -17,10 +17,9 @@ from typing import Any, TypeVar
 
 import httpx
 import uvicorn
-
-from gateway.app import create_app, uvicorn_config
-from gateway.device import DeviceMemory
-from gateway.settings import (
+from inferloop.gateway.app import create_app, uvicorn_config
+from inferloop.gateway.serving.device import DeviceMemory
+from inferloop.gateway.settings import (
     BatchingSettings,
     DriftSettings,
     GatewaySettings,

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import torch
-
-from registry import MLP, Registry
+from inferloop.registry import MLP, Registry
 
 
 def tiny_model(seed: int, in_features: int = 8, hidden: tuple[int, ...] = (16,)) -> MLP:

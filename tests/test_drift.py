@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from inferloop.gateway.drift.monitor import DriftMonitor, noise_floor, psi
+from inferloop.registry.reference import reference_stats
 
-from gateway.drift import DriftMonitor, noise_floor, psi
-from registry.policy import MonitorMethods, MonitorPolicy, PsiMethod
-from registry.reference import reference_stats
+from inferloop.policy import MonitorMethods, MonitorPolicy, PsiMethod
 
 FEATURES = [f"f{i}" for i in range(8)]
 

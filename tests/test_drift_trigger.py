@@ -11,9 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
+from inferloop.gateway.drift.trigger import TriggerPayload, deliver
 
-from gateway.drift_trigger import TriggerPayload, deliver
-from registry.policy import TriggerPolicy
+from inferloop.policy import TriggerPolicy
 
 from .conftest import free_port
 

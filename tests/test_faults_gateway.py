@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from registry import Registry
+from inferloop.registry import Registry
 
 from .fault_harness import ROW, Load, ServeProcess, metric, running
 from .gateway_harness import eventually

@@ -24,15 +24,14 @@ import pytest
 import schemathesis
 import torch
 from hypothesis import HealthCheck, settings
+from inferloop.registry import Registry, UnsupportedArtifact
+from inferloop.registry.manifest import ArtifactInfo
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
-
-from registry import Registry, UnsupportedArtifact
-from registry.manifest import ArtifactInfo
 
 from .fault_harness import ROW, ServeProcess, metric
 from .gateway_harness import AUTH, eventually, infer_body
@@ -139,7 +138,7 @@ def test_every_admin_endpoint_refuses_a_missing_or_wrong_token_and_records_every
     empty one, a prefix or extension of the right one, the bare token, Basic auth and a 4 kB token;
     nothing moves and nothing is recorded. With the token, every action (promote, rollback, shadow
     sampling change) is in the model's audit log with its actor and client address. The token is
-    compared with `hmac.compare_digest` (gateway/admin_auth.py); no 403 case here (no token
+    compared with `hmac.compare_digest` (gateway/transport/admin_auth.py); no 403 case here (no token
     configured): test_gateway_admin.py."""
     with Registry.open(served.uri) as reg:
         before = len(reg.history(MODEL, limit=1000))

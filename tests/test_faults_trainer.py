@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from registry import Registry
+from inferloop.registry import Registry
 
 from .conftest import free_port
 from .fault_harness import Load, ServeProcess, TrainerProcess, kill_job_processes, running

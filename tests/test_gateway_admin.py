@@ -8,8 +8,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from inferloop.registry import Registry
 
-from registry import Registry
 from tests.gateway_harness import AUTH, ThreadedGateway, settings_for
 from tests.helpers import register_tiny
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from inferloop.gateway.serving.batcher import CompletedBatch
+from inferloop.registry import Registry
 
-from gateway.batcher import CompletedBatch
-from registry import Registry
 from tests.gateway_harness import ThreadedGateway, infer_body, settings_for
 from tests.helpers import register_tiny
 

@@ -1,4 +1,4 @@
-"""The inference routes answered inside uvicorn's HTTP protocol (gateway.http_protocol), at the
+"""The inference routes answered inside uvicorn's HTTP protocol (inferloop.gateway.transport.http_protocol), at the
 byte level: what a client library would hide. Pipelined requests come back in order whichever path
 answers each one, HTTP/1.0 and `Connection: close` close, `Expect: 100-continue` is honoured, a
 server stopping mid-request still answers it, and every answer matches the ASGI path's."""
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from inferloop.registry import Registry
 
-from registry import Registry
 from tests.gateway_harness import ThreadedGateway, eventually, infer_body, settings_for
 from tests.helpers import register_tiny
 

@@ -14,18 +14,18 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from inferloop.gateway.errors import ModelNotReady
+from inferloop.gateway.metrics import GatewayMetrics
+from inferloop.gateway.serving.batcher import MicroBatcher
+from inferloop.gateway.serving.blob_cache import BlobCache
+from inferloop.gateway.serving.device import DeviceExecutor, DeviceMemory
+from inferloop.gateway.serving.events import EventRecorder
+from inferloop.gateway.serving.loader import SlotLoader
+from inferloop.gateway.serving.slot import SlotState
+from inferloop.gateway.serving.stage import ModelStage
+from inferloop.gateway.settings import BatchingSettings
+from inferloop.registry import AsyncRegistry, Registry, VersionManifest
 
-from gateway.batcher import MicroBatcher
-from gateway.blob_cache import BlobCache
-from gateway.device import DeviceExecutor, DeviceMemory
-from gateway.errors import ModelNotReady
-from gateway.events import EventRecorder
-from gateway.loader import SlotLoader
-from gateway.metrics import GatewayMetrics
-from gateway.settings import BatchingSettings
-from gateway.slot import SlotState
-from gateway.stage import ModelStage
-from registry import AsyncRegistry, Registry, VersionManifest
 from tests.gateway_harness import AUTH, TOKEN, GatewayProcess, eventually, infer_body
 from tests.helpers import register_tiny
 

@@ -9,8 +9,8 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from inferloop.registry import Registry
 
-from registry import Registry
 from tests.gateway_harness import AUTH, ThreadedGateway, infer_body, settings_for
 from tests.helpers import register_tiny
 
@@ -35,7 +35,7 @@ class Served:
 @pytest.fixture(scope="module", params=["http-fast-path", "asgi"])
 def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """Every test here runs against both ways an inference request is answered: in uvicorn's HTTP
-    protocol (gateway.http_protocol, the default) and through ASGI (`--http-fast-path off`)."""
+    protocol (inferloop.gateway.transport.http_protocol, the default) and through ASGI (`--http-fast-path off`)."""
     tmp = tmp_path_factory.mktemp("gateway-protocol")
     uri = f"file://{tmp / 'registry'}"
     with Registry.open(uri) as reg:
@@ -261,7 +261,7 @@ def test_framework_errors_use_the_same_error_shape(served: Served) -> None:
 
 
 def test_inference_routes_take_a_trailing_slash_and_chunked_bodies(served: Served) -> None:
-    """The raw ASGI inference routes (gateway.inference) accept what Litestar's router did: one
+    """The raw ASGI inference routes (inferloop.gateway.transport.inference) accept what Litestar's router did: one
     trailing slash, and a body sent in chunks without a Content-Length."""
     rows = rows_of(2, seed=9)
     r = served.client.post(f"/v2/models/{MODEL}/infer/", json=infer_body(rows.tolist()))

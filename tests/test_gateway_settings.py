@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import msgspec
 import pytest
+from inferloop.gateway.settings import GatewaySettings, SettingsError, resolve_settings
 
-from gateway.settings import GatewaySettings, SettingsError, resolve_settings
 from inferloop.cli import main
 
 
@@ -68,8 +68,8 @@ def test_serve_reports_user_mistakes_in_one_line(argv: list[str], words: str, ca
 def test_every_setting_has_a_flag_except_the_token() -> None:
     import argparse
 
-    from gateway import cli
-    from gateway.settings import SOURCES
+    from inferloop.gateway import cli
+    from inferloop.gateway.settings import SOURCES
 
     sub = argparse.ArgumentParser().add_subparsers()
     cli.register_parser(sub)

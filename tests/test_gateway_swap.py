@@ -14,10 +14,10 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from inferloop.registry import Registry
+from inferloop.registry.artifact import FORMAT, save_module
+from inferloop.registry.manifest import ArtifactInfo, ModelSpec
 
-from registry import Registry
-from registry.artifact import FORMAT, save_module
-from registry.manifest import ArtifactInfo, ModelSpec
 from tests.conftest import MotoServer
 from tests.gateway_harness import (
     AUTH,

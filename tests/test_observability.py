@@ -18,10 +18,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
-from registry import MLP, Registry
-from trainer.app import create_app as create_trainer_app
-from trainer.service import ServiceSettings, TrainerService
+from inferloop.registry import MLP, Registry
+from inferloop.trainer.app import create_app as create_trainer_app
+from inferloop.trainer.service import ServiceSettings, TrainerService
 
 from .conftest import free_port
 from .gateway_harness import ThreadedGateway, eventually, settings_for

@@ -7,9 +7,8 @@ import json
 import time
 
 import pytest
-
-from gateway.prediction_log import LocalDirSink, PredictionLog, PredictionRecord, StoreSink
-from registry.store import open_store
+from inferloop.gateway.shadow.prediction_log import LocalDirSink, PredictionLog, PredictionRecord, StoreSink
+from inferloop.registry.store import open_store
 
 
 def _record(i: int, model: str = "m") -> PredictionRecord:

@@ -8,8 +8,7 @@ import os
 
 import pytest
 import torch
-
-from registry import (
+from inferloop.registry import (
     AsyncRegistry,
     Conflict,
     CorruptArtifact,
@@ -190,7 +189,7 @@ def test_tampered_history_is_detected(reg: Registry, registry_uri: str, tamper) 
     events = reg.history("m")
     edited = events[1]
     forged = edited.__class__(**{**{f: getattr(edited, f) for f in edited.__struct_fields__}, "actor": "mallory"})
-    from registry.manifest import encode
+    from inferloop.registry.manifest import encode
     tamper.overwrite(registry_uri, layout.event("m", edited.seq), encode(forged))
     problems = reg.verify("m")
     assert any("chain broken" in p for p in problems)
@@ -236,7 +235,7 @@ def test_unsupported_modules_and_pickles_are_refused(reg: Registry, registry_uri
     payload = pickle.dumps(Evil())
     digest = hashlib.sha256(payload).hexdigest()
     tamper.overwrite(registry_uri, layout.blob(digest), payload)
-    from registry.artifact import load_module
+    from inferloop.registry.artifact import load_module
 
     spec = reg.get_manifest("m", v).artifact.spec
     with pytest.raises(UnsupportedArtifact):
@@ -247,8 +246,8 @@ def test_unsupported_modules_and_pickles_are_refused(reg: Registry, registry_uri
 
 
 def test_wrong_architecture_is_refused(reg: Registry) -> None:
-    from registry.artifact import load_module
-    from registry.manifest import ModelSpec
+    from inferloop.registry.artifact import load_module
+    from inferloop.registry.manifest import ModelSpec
 
     v = register_tiny(reg, "m", 1)
     m = reg.get_manifest("m", v)

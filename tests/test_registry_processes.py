@@ -11,14 +11,13 @@ import sys
 import textwrap
 
 import pytest
-
-from registry import Registry
+from inferloop.registry import Registry
 
 from .helpers import register_tiny
 
 CHILD = textwrap.dedent("""
     import sys
-    from registry import Registry, Conflict
+    from inferloop.registry import Registry, Conflict
     from tests.helpers import register_tiny
     uri, action = sys.argv[1], sys.argv[2]
     with Registry.open(uri) as reg:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from inferloop.gateway.shadow.report import ShadowComparison, wilson_interval
 from scipy import stats
 
-from gateway.shadow_report import ShadowComparison, wilson_interval
-from registry.policy import ShadowPolicy as ShadowRules
+from inferloop.policy import ShadowPolicy as ShadowRules
 
 
 def _offline_psi(p: np.ndarray, s: np.ndarray) -> float:

@@ -11,9 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
-
-from gateway.settings import GatewaySettings
-from registry import MLP, Registry
+from inferloop.gateway.settings import GatewaySettings
+from inferloop.registry import MLP, Registry
 
 from .gateway_harness import AUTH, ThreadedGateway, eventually, infer_body, settings_for
 from .helpers import register_tiny

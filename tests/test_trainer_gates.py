@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from inferloop.trainer import metrics
+from inferloop.trainer.gates import ComparedModel, evaluate
 from scipy import stats
 
-from registry.policy import parse_policy
-from trainer import metrics
-from trainer.gates import ComparedModel, evaluate
+from inferloop.policy import parse_policy
 
 
 def test_regression_metrics() -> None:

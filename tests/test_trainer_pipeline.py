@@ -14,13 +14,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-
-from registry import Registry
-from registry.lineage import file_digest
-from trainer import metrics
-from trainer.data import holdout_split, load_dataset
-from trainer.fit import predict
-from trainer.pipeline import environment_warnings
+from inferloop.registry import Registry
+from inferloop.registry.lineage import file_digest
+from inferloop.trainer import metrics
+from inferloop.trainer.data import holdout_split, load_dataset
+from inferloop.trainer.fit import predict
+from inferloop.trainer.pipeline import environment_warnings
 
 from .trainer_support import Receiver, make_data, policy_dict, run_cli, write_policy
 

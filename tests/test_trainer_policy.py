@@ -1,4 +1,4 @@
-"""Policy schema (registry/policy.py): the repo's policies load, and every bad file is one clear error
+"""Policy schema (inferloop/policy/schema.py): the repo's policies load, and every bad file is one clear error
 that names the file and the offending key."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from registry.policy import PolicyError, load_policies, load_policy, parse_policy
+from inferloop.policy import PolicyError, load_policies, load_policy, parse_policy
 
 REPO = Path(__file__).resolve().parent.parent
 

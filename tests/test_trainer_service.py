@@ -18,14 +18,13 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
-
-from registry import Registry
-from trainer.app import create_app
-from trainer.jobs import Job, JobStore, RequestRecord, RetrainRequest, new_job_id
-from trainer.pipeline import BuildSummary
-from trainer.runner import JobRunner
-from trainer.schedule import Scheduler
-from trainer.service import ServiceSettings, TrainerService
+from inferloop.registry import Registry
+from inferloop.trainer.app import create_app
+from inferloop.trainer.jobs import Job, JobStore, RequestRecord, RetrainRequest, new_job_id
+from inferloop.trainer.pipeline import BuildSummary
+from inferloop.trainer.runner import JobRunner
+from inferloop.trainer.schedule import Scheduler
+from inferloop.trainer.service import ServiceSettings, TrainerService
 
 from .conftest import free_port
 from .trainer_support import ServerThread, make_data, policy_dict, wait_for, write_policy

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from registry import Registry
+from inferloop.registry import Registry
 
 from .trainer_support import make_data, policy_dict, run_cli, write_policy
 

@@ -18,13 +18,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import msgspec
+from inferloop.trainer.jobs import RetrainRequest
+from inferloop.trainer.runner import KeyReused, UnknownModel
+from inferloop.trainer.service import ServiceSettings, TrainerService
 from litestar import Litestar, Request, Response, get, post
 from litestar.exceptions import ClientException, HTTPException, NotAuthorizedException, NotFoundException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-from .jobs import RetrainRequest
-from .runner import KeyReused, UnknownModel
-from .service import ServiceSettings, TrainerService
 
 log = logging.getLogger("inferloop.trainer")
 

@@ -16,13 +16,15 @@ import traceback
 from typing import Any
 
 import msgspec
-
-from inferloop.cli import UsageError
-from inferloop.registry_cli import add_registry_options, default_actor, registry_uri
-from inferloop.settings import setting
-from registry import RegistryError
-
-from .errors import TrainerError
+from inferloop.registry import RegistryError
+from inferloop.registry.commandline import (
+    UsageError,
+    add_registry_options,
+    default_actor,
+    registry_uri,
+    setting,
+)
+from inferloop.trainer.errors import TrainerError
 
 EXIT_ERROR = 2
 
@@ -94,11 +96,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from registry.policy import load_policy
+    from inferloop.trainer.launcher import launch
+    from inferloop.trainer.pipeline import plan, plan_reproduce
+    from inferloop.trainer.report import print_summary
 
-    from .launcher import launch
-    from .pipeline import plan, plan_reproduce
-    from .report import print_summary
+    from inferloop.policy import load_policy
 
     uri = registry_uri(args)
     if args.reproduce:
@@ -129,8 +131,8 @@ def _number(value: object, kind: type[int] | type[float], what: str, minimum: fl
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .app import serve
-    from .service import ServiceSettings
+    from inferloop.trainer.app import serve
+    from inferloop.trainer.service import ServiceSettings
 
     settings = ServiceSettings(
         registry=registry_uri(args),
@@ -148,7 +150,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from .synthetic import generate
+    from inferloop.trainer.synthetic import generate
 
     try:
         paths = generate(args.out, kind=args.kind, days=args.days, rows_per_day=args.rows_per_day, seed=args.seed,

@@ -14,12 +14,11 @@ from urllib.parse import unquote, urlparse
 
 import msgspec
 import numpy as np
+from inferloop.registry.lineage import data_lineage
+from inferloop.registry.manifest import DataLineage, DataPartition
+from inferloop.trainer.errors import DataError
 
-from registry.lineage import data_lineage
-from registry.manifest import DataLineage, DataPartition
-from registry.policy import DataSource, Kind
-
-from .errors import DataError
+from inferloop.policy import DataSource, Kind
 
 SUFFIX = ".parquet"
 _F32_MAX = float(np.finfo(np.float32).max)  # training is float32: larger values would become inf

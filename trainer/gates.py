@@ -12,11 +12,10 @@ stage: gate 2 passes and says so. A metric that is missing (not computable) fail
 from __future__ import annotations
 
 import msgspec
+from inferloop.registry.manifest import GateCheck, ValidationRecord
+from inferloop.trainer.metrics import direction
 
-from registry.manifest import GateCheck, ValidationRecord
-from registry.policy import ValidationPolicy
-
-from .metrics import direction
+from inferloop.policy import ValidationPolicy
 
 
 class ComparedModel(msgspec.Struct, frozen=True):

@@ -17,10 +17,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
-
-from registry.core import utcnow
-
-from .errors import TrainerError
+from inferloop.registry.core import utcnow
+from inferloop.trainer.errors import TrainerError
 
 JobState = Literal["queued", "running", "succeeded", "gate_failed", "failed"]
 ACTIVE: frozenset[str] = frozenset({"queued", "running"})

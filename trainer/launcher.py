@@ -15,10 +15,9 @@ from collections import deque
 from pathlib import Path
 
 import msgspec
-
-from .errors import LaunchError, TrainerError
-from .fit import Progress
-from .pipeline import BuildRequest, BuildSummary, execute, stderr_progress
+from inferloop.trainer.errors import LaunchError, TrainerError
+from inferloop.trainer.fit import Progress
+from inferloop.trainer.pipeline import BuildRequest, BuildSummary, execute, stderr_progress
 
 
 class WorkerResult(msgspec.Struct, frozen=True):
@@ -35,8 +34,9 @@ def launch(request: BuildRequest, progress: Progress = stderr_progress) -> Build
 
 
 def torchrun_command(request_path: Path, nproc: int) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-            "-m", "trainer.worker", str(request_path)]
+    # -P here and PYTHONSAFEPATH for the workers torchrun starts: the working directory never shadows our modules
+    return [sys.executable, "-P", "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+            "-m", "inferloop.trainer.worker", str(request_path)]
 
 
 def run_torchrun(request: BuildRequest, progress: Progress) -> BuildSummary:
@@ -46,7 +46,7 @@ def run_torchrun(request: BuildRequest, progress: Progress) -> BuildSummary:
         request_path.write_bytes(msgspec.json.encode(request))
         # --standalone is one machine: keep gloo's sockets on loopback rather than whatever interface
         # the host name resolves to (unless the operator chose one).
-        env = {**os.environ, "OMP_NUM_THREADS": str(request.spec.threads),
+        env = {**os.environ, "OMP_NUM_THREADS": str(request.spec.threads), "PYTHONSAFEPATH": "1",
                "INFERLOOP_RESULT_PATH": str(result_path),
                "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo")}
         tail: deque[str] = deque(maxlen=20)

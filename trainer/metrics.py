@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from registry.policy import METRICS, Direction, Kind
+from inferloop.policy import METRICS, Direction, Kind
 
 THRESHOLD = 0.5  # binary decision threshold on the predicted probability
 

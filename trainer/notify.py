@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from registry.policy import NotifyTarget
+from inferloop.policy import NotifyTarget
 
 SLACK_URL_ENV = "INFERLOOP_SLACK_WEBHOOK_URL"
 ATTEMPTS = 2

@@ -13,17 +13,23 @@ from typing import Any, Literal
 
 import msgspec
 import numpy as np
+from inferloop.registry import Conflict, Registry, RegistryError
+from inferloop.registry.lineage import capture_code, packages_digest
+from inferloop.registry.manifest import ValidationRecord, VersionManifest
+from inferloop.trainer import gates, metrics, notify
+from inferloop.trainer.data import (
+    Dataset,
+    holdout_digest,
+    holdout_split,
+    load_dataset,
+    resolve_window,
+    source_dir,
+)
+from inferloop.trainer.errors import TrainerError
+from inferloop.trainer.fit import DistInfo, Progress, deterministic, fit, predict, resolve_device
+from inferloop.trainer.spec import TrainSpec
 
-from registry import Conflict, Registry, RegistryError
-from registry.lineage import capture_code, packages_digest
-from registry.manifest import ValidationRecord, VersionManifest
-from registry.policy import Policy, ValidationPolicy
-
-from . import gates, metrics, notify
-from .data import Dataset, holdout_digest, holdout_split, load_dataset, resolve_window, source_dir
-from .errors import TrainerError
-from .fit import DistInfo, Progress, deterministic, fit, predict, resolve_device
-from .spec import TrainSpec
+from inferloop.policy import Policy, ValidationPolicy
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_ERROR = 0, 1, 2
 
@@ -168,8 +174,8 @@ def execute(request: BuildRequest, dist: DistInfo = SINGLE_PROCESS, progress: Pr
 
 
 def _compare(manifest: VersionManifest, model: Any, summary: BuildSummary) -> BuildSummary:
-    from registry.artifact import save_module
-    from registry.core import sha256
+    from inferloop.registry.artifact import save_module
+    from inferloop.registry.core import sha256
 
     artifact, _ = save_module(model)
     summary.digest = sha256(artifact)  # the digest the registry gives an artifact it stores

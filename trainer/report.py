@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .pipeline import BuildSummary
+from inferloop.trainer.pipeline import BuildSummary
 
 
 def _metrics(values: dict[str, float | None]) -> str:

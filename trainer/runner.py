@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Literal
 
 import msgspec
-
-from .jobs import ACTIVE, Job, JobStore, RequestRecord, RetrainRequest, new_job_id, utcnow
-from .pipeline import EXIT_GATE_FAILED, EXIT_OK, BuildSummary
+from inferloop.trainer.jobs import ACTIVE, Job, JobStore, RequestRecord, RetrainRequest, new_job_id, utcnow
+from inferloop.trainer.pipeline import EXIT_GATE_FAILED, EXIT_OK, BuildSummary
 
 log = logging.getLogger("inferloop.trainer")
 
@@ -125,7 +124,9 @@ class JobRunner:
         task.add_done_callback(lambda _t, job_id=job.id: self._tasks.pop(job_id, None))
 
     def _command(self, job: Job) -> list[str]:
-        cmd = [sys.executable, "-m", "inferloop.cli", "train", "--policy", job.policy, "--registry", self.registry,
+        # -P: the job's working directory is never put first on sys.path, so a folder there (a user's
+        # `registry/`, `trainer/` or `inferloop/`) cannot shadow our modules
+        cmd = [sys.executable, "-P", "-m", "inferloop.cli", "train", "--policy", job.policy, "--registry", self.registry,
                "--json", f"--actor=trainer-service:{job.id}", f"--reason={job.reason or job.trigger}",
                f"--trigger={job.trigger}", f"--job-id={job.id}"]  # --k=v: a value may start with '-'
         return cmd + (["--s3-endpoint", self.s3_endpoint] if self.s3_endpoint else [])
@@ -141,7 +142,7 @@ class JobRunner:
                 try:
                     proc = await asyncio.create_subprocess_exec(
                         *self._command(job), stdout=out_fh, stderr=log_fh, start_new_session=True,
-                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONSAFEPATH": "1"})
                 except OSError as exc:
                     self._finish(job, "failed", error=f"cannot start the job process: {exc}")
                     return

@@ -16,14 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from inferloop.registry import AsyncRegistry, Registry, RegistryError
+from inferloop.trainer.jobs import Job, JobStore, RetrainRequest
+from inferloop.trainer.runner import JobRunner, Outcome
+from inferloop.trainer.schedule import Scheduler
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from registry import AsyncRegistry, Registry, RegistryError
-from registry.policy import load_policies
-
-from .jobs import Job, JobStore, RetrainRequest
-from .runner import JobRunner, Outcome
-from .schedule import Scheduler
+from inferloop.policy import load_policies
 
 log = logging.getLogger("inferloop.trainer")
 

@@ -14,13 +14,11 @@ import sys
 from pathlib import Path
 
 import msgspec
-
-from registry import RegistryError
-
-from .errors import TrainerError
-from .fit import DistInfo, resolve_device
-from .launcher import WorkerResult
-from .pipeline import BuildRequest, execute, stderr_progress
+from inferloop.registry import RegistryError
+from inferloop.trainer.errors import TrainerError
+from inferloop.trainer.fit import DistInfo, resolve_device
+from inferloop.trainer.launcher import WorkerResult
+from inferloop.trainer.pipeline import BuildRequest, execute, stderr_progress
 
 
 def main(argv: list[str]) -> int:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlparse
 
-from ..errors import InvalidRegistryURI
-from .base import ObjectStore, StoredObject
-from .file import FileStore
-from .s3 import S3Store
+from inferloop.registry.errors import InvalidRegistryURI
+from inferloop.registry.store.base import ObjectStore, StoredObject
+from inferloop.registry.store.file import FileStore
+from inferloop.registry.store.s3 import S3Store
 
 DEFAULT_REGISTRY_URI = "file://.inferloop/registry"
 

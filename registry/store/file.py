@@ -17,8 +17,8 @@ import os
 import uuid
 from pathlib import Path
 
-from ..errors import Conflict, InvalidName, NotFound, Unavailable
-from .base import StoredObject
+from inferloop.registry.errors import Conflict, InvalidName, NotFound, Unavailable
+from inferloop.registry.store.base import StoredObject
 
 _LOCKS = ".locks"
 

@@ -16,9 +16,8 @@ from typing import Any
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
-
-from ..errors import Conflict, NotFound, RegistryError, Unavailable
-from .base import StoredObject
+from inferloop.registry.errors import Conflict, NotFound, RegistryError, Unavailable
+from inferloop.registry.store.base import StoredObject
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _CONFLICT = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}

@@ -1,0 +1,202 @@
+"""Streaming PSI of live inputs against the production version's reference bins.
+
+Counting is per micro-batch and vectorised (one `searchsorted` + `bincount` per feature), memory is
+fixed (one integer count per bin), and no raw rows are kept. Counts are plain integers, so replicas'
+counts add up exactly: Prometheus gets the cumulative counters and a recording rule can compute the
+same PSI over all replicas (docs/drift.md).
+
+PSI = Σ (aᵢ − eᵢ)·ln(aᵢ/eᵢ) over the value bins plus the missing-value bin. Empty bins are smoothed
+by adding 0.5 to every count on both sides (a tiny epsilon would let one empty bin trip any
+threshold). The same arithmetic runs in PromQL over summed counters (docs/drift.md).
+Under no drift n·PSI is roughly χ²(k−1)·(1 + n/M), so its mean — the noise floor reported next to
+every value — is about (k−1)(1/n + 1/M).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from typing import Literal
+
+import msgspec
+import numpy as np
+from inferloop.registry.manifest import ReferenceStats
+
+from inferloop.policy import MonitorPolicy
+
+SMOOTHING = 0.5
+FOLD_ROWS = 1024  # rows held before they are binned (see DriftMonitor.observe)
+
+
+def psi(actual_counts: np.ndarray, expected_fractions: np.ndarray, expected_total: int) -> float:
+    """PSI of one feature's window counts against the reference, with +0.5 smoothing on both sides."""
+    a = np.asarray(actual_counts, dtype=np.float64)
+    a = (a + SMOOTHING) / (a.sum() + SMOOTHING * a.size)
+    e = smoothed_expected(expected_fractions, expected_total)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def smoothed_expected(expected_fractions: np.ndarray, expected_total: int) -> np.ndarray:
+    """Reference fractions with the same +0.5 smoothing; exported as
+    `inferloop_feature_reference_fraction` so a PromQL rule reproduces `psi` exactly."""
+    e = np.asarray(expected_fractions, dtype=np.float64) * max(expected_total, 1)
+    return (e + SMOOTHING) / (e.sum() + SMOOTHING * e.size)
+
+
+def noise_floor(bins: int, n: int, m: int) -> float:
+    """Expected PSI with no drift, ≈ (k−1)(1/n + 1/M)."""
+    return (bins - 1) * (1.0 / max(n, 1) + 1.0 / max(m, 1))
+
+
+class FeatureDrift(msgspec.Struct, frozen=True):
+    feature: str
+    psi: float
+    n: int
+    noise_floor: float
+    counts: list[int]
+
+
+class WindowResult(msgspec.Struct, frozen=True):
+    """One closed window: what a trigger sends and what /admin/.../drift shows."""
+
+    index: int
+    started_at: float
+    ended_at: float
+    n: int
+    reference_version: int | None
+    edges_digest: str
+    features: list[FeatureDrift]
+    max_psi: float
+    drifted: bool
+
+
+class DriftState(msgspec.Struct):
+    state: Literal["collecting", "ok", "drifted"] = "collecting"
+    consecutive: int = 0
+    windows: int = 0
+    last: WindowResult | None = None
+    last_trigger_at: float | None = None
+    triggers: int = 0
+
+
+class DriftMonitor:
+    """Counts live rows into the reference bins and closes tumbling windows.
+
+    `observe` is called from the event loop once per micro-batch; `poll` closes a window when it is
+    full (or old enough and has `min_samples`) and says whether a retrain should be requested.
+    """
+
+    def __init__(self, reference: ReferenceStats, config: MonitorPolicy, *, reference_version: int | None = None,
+                 clock=time.time) -> None:
+        self.config = config
+        self.threshold = config.methods.psi.threshold
+        self.exit_level = config.methods.psi.exit_level
+        self.reference_version = reference_version
+        self.clock = clock
+        self.names = [f.name for f in reference.features]
+        self.edges = [np.asarray(f.edges, dtype=np.float64) for f in reference.features]
+        self.expected = [np.asarray(f.fractions, dtype=np.float64) for f in reference.features]
+        self.reference_n = [max(int(f.count), 1) for f in reference.features]
+        width = max((len(e) + 2 for e in self.edges), default=2)
+        # One row of counts per feature, padded to the widest: value bins, then the missing bin.
+        self.counts = np.zeros((len(self.names), width), dtype=np.int64)
+        self._total = np.zeros_like(self.counts)  # cumulative, never reset: exported as counters
+        self.rows = 0
+        self._pending: list[np.ndarray] = []  # batches observed but not binned yet
+        self._pending_rows = 0
+        self.window_started = clock()
+        self.state = DriftState()
+        self.edges_digest = hashlib.sha256(
+            msgspec.json.encode([[float(x) for x in e] for e in self.edges])).hexdigest()
+
+    def observe(self, batch: np.ndarray) -> None:
+        """Count a (rows, features) batch. Batches are binned together once `FOLD_ROWS` rows are
+        held (or when the counts are read), so the O(features) numpy calls are paid per fold, not
+        per batch: with batching off or under light load a batch is one row. O(FOLD_ROWS) memory."""
+        if batch.ndim != 2 or batch.shape[1] != len(self.names) or batch.shape[0] == 0:
+            return
+        self._pending.append(batch)
+        self._pending_rows += batch.shape[0]
+        self.rows += batch.shape[0]
+        if self._pending_rows >= FOLD_ROWS:
+            self._fold()
+
+    def _fold(self) -> None:
+        if not self._pending:
+            return
+        rows = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending)
+        self._pending.clear()
+        self._pending_rows = 0
+        for j, edges in enumerate(self.edges):
+            col = rows[:, j]
+            nbins = len(edges) + 1
+            idx = np.searchsorted(edges, col, side="right")
+            idx[np.isnan(col)] = nbins
+            counts = np.bincount(idx, minlength=nbins + 1)
+            self.counts[j, : nbins + 1] += counts
+            self._total[j, : nbins + 1] += counts
+
+    @property
+    def total(self) -> np.ndarray:
+        """Cumulative counts per feature and bin since this reference was loaded (never reset)."""
+        self._fold()
+        return self._total
+
+    def window_ready(self, now: float | None = None) -> bool:
+        now = self.clock() if now is None else now
+        if self.rows >= self.config.window:
+            return True
+        return self.rows >= self.config.min_samples and now - self.window_started >= self.config.window_seconds
+
+    def close_window(self, now: float | None = None) -> WindowResult:
+        now = self.clock() if now is None else now
+        self._fold()
+        features = []
+        for j, name in enumerate(self.names):
+            k = len(self.edges[j]) + 1
+            counts = self.counts[j, : k + 1]
+            value = psi(counts, self.expected[j], self.reference_n[j])
+            features.append(FeatureDrift(name, value, int(self.rows), noise_floor(k, self.rows, self.reference_n[j]),
+                                         [int(c) for c in counts]))
+        max_psi = max((f.psi for f in features), default=0.0)
+        result = WindowResult(
+            index=self.state.windows, started_at=self.window_started, ended_at=now, n=int(self.rows),
+            reference_version=self.reference_version, edges_digest=self.edges_digest, features=features,
+            max_psi=max_psi, drifted=max_psi >= self.threshold,
+        )
+        self.counts[:] = 0
+        self.rows = 0
+        self.window_started = now
+        self._advance(result)
+        return result
+
+    def _advance(self, result: WindowResult) -> None:
+        st = self.state
+        st.windows += 1
+        st.last = result
+        if st.state == "drifted":
+            if result.max_psi < self.exit_level:
+                st.state, st.consecutive = "ok", 0
+            return
+        st.consecutive = st.consecutive + 1 if result.drifted else 0
+        st.state = "drifted" if st.consecutive >= self.config.consecutive else "ok"
+
+    def should_trigger(self, now: float | None = None) -> bool:
+        """Drifted, and not within the cooldown of our last trigger for this reference."""
+        now = self.clock() if now is None else now
+        st = self.state
+        if st.state != "drifted":
+            return False
+        return st.last_trigger_at is None or now - st.last_trigger_at >= self.config.cooldown_s
+
+    def mark_triggered(self, now: float | None = None) -> None:
+        self.state.last_trigger_at = self.clock() if now is None else now
+        self.state.triggers += 1
+
+    def idempotency_key(self, model: str, now: float | None = None) -> str:
+        """Same key on every replica that sees this drift: (model, production version, cooldown period)."""
+        now = self.clock() if now is None else now
+        period = math.floor(now / max(self.config.cooldown_s, 1.0))
+        raw = f"{model}\0{self.reference_version}\0{self.edges_digest}\0{period}"
+        return "drift-" + hashlib.sha256(raw.encode()).hexdigest()[:32]

@@ -1,0 +1,132 @@
+"""`StagePoller`: follow one stage pointer in the registry and apply it to a `ModelStage`.
+
+Each round is one conditional GET (ETag; S3 answers 304, the file store compares a stat), so an
+unchanged pointer costs almost nothing and nothing is ever listed. Rounds are `interval × (1 ±
+jitter)` apart. A version that fails to load is retried with exponential back-off while the old
+version keeps serving; a registry that cannot be reached only counts errors and backs off.
+`poke()` starts a round at once (the admin endpoints use it after moving a pointer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import TYPE_CHECKING
+
+from inferloop.registry import RegistryError
+from inferloop.registry.core import POINTER_ABSENT
+
+if TYPE_CHECKING:
+    from inferloop.gateway.metrics import GatewayMetrics
+    from inferloop.gateway.serving.stage import ApplyOutcome, ModelStage
+    from inferloop.gateway.settings import RegistrySettings
+    from inferloop.registry import AsyncRegistry, StagePointer
+
+log = logging.getLogger("inferloop.gateway")
+
+
+class StagePoller:
+    def __init__(self, registry: AsyncRegistry, stage: ModelStage, settings: RegistrySettings,
+                 metrics: GatewayMetrics, rng: random.Random | None = None) -> None:
+        self.registry = registry
+        self.stage = stage
+        self.settings = settings
+        self.metrics = metrics
+        self._rng = rng or random.Random()
+        self.etag: str | None = None
+        self.pointer: StagePointer | None = None
+        self.seen = False  # the pointer has been read at least once
+        self.polls = 0  # completed rounds (a round that saw the registry)
+        self.errors = 0
+        self.last_error: str | None = None
+        self._retry_at = 0.0
+        self._backoff = settings.retry_initial_s
+        self._error_backoff = settings.poll_interval_s
+        self._wake = asyncio.Event()
+        self._vanished_logged = False
+
+    @property
+    def pointer_version(self) -> int | None:
+        return self.pointer.version if self.pointer is not None else None
+
+    def poke(self) -> None:
+        self._retry_at = 0.0  # an operator asked: try now even if backing off
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            self._wake.clear()  # a poke during the round below makes the next round start at once
+            try:
+                delay = await self.poll_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the poller must outlive any single bad round
+                log.exception("poller for %s %s: unexpected error", self.stage.name, self.stage.stage)
+                delay = self.settings.retry_max_s
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)
+            except TimeoutError:
+                pass
+
+    def _interval(self) -> float:
+        j = self.settings.poll_jitter
+        return self.settings.poll_interval_s * self._rng.uniform(1 - j, 1 + j)
+
+    async def poll_once(self) -> float:
+        """One round; returns how long to wait before the next."""
+        name, stage = self.stage.name, self.stage.stage
+        try:
+            state = await self.registry.poll_pointer(name, stage, self.etag)
+        except RegistryError as exc:
+            self.errors += 1
+            self.metrics.poll_errors.labels(name, stage).inc()
+            if str(exc) != self.last_error:
+                log.warning("cannot poll %s %s pointer (%s); still serving v%s", name, stage, exc,
+                            self.stage.serving_version)
+            self.last_error = str(exc)
+            self._error_backoff = min(self._error_backoff * 2, self.settings.retry_max_s)
+            return self._error_backoff
+        if self.last_error is not None:
+            log.info("registry reachable again for %s %s", name, stage)
+        self.last_error = None
+        self._error_backoff = self.settings.poll_interval_s
+        self.polls += 1
+        if state is not None and state.etag == POINTER_ABSENT and self.stage.serving_version is not None:
+            # Nothing is ever deleted and an explicit clear writes a pointer, so a pointer that is gone
+            # means the storage is not what it was (a bucket being restored, a wrong prefix): keep
+            # serving what is loaded rather than unloading production.
+            if not self._vanished_logged:
+                log.warning("%s %s pointer is missing from the registry; still serving v%s", name, stage,
+                            self.stage.serving_version)
+                self._vanished_logged = True
+            self.etag = None
+            return self._interval()
+        if state is not None:
+            self._vanished_logged = False
+            self.etag, self.pointer, self.seen = state.etag, state.pointer, True
+            self._retry_at, self._backoff = 0.0, self.settings.retry_initial_s  # a new target: no back-off
+        if not self.seen or self.pointer_version == self.stage.serving_version:
+            return self._interval()
+        now = time.monotonic()
+        if now < self._retry_at:
+            return min(self._interval(), self._retry_at - now)
+        outcome = await self.stage.apply(self.pointer, trigger=f"poll {self.polls}")
+        return self._after(outcome)
+
+    def _after(self, outcome: ApplyOutcome) -> float:
+        if outcome.failure is None:
+            self._backoff = self.settings.retry_initial_s
+            return self._interval()
+        self._retry_at = time.monotonic() + self._backoff
+        log.info("%s %s: retrying v%s in %.1fs", self.stage.name, self.stage.stage, outcome.failure.version,
+                 self._backoff)
+        wait = self._backoff
+        self._backoff = min(self._backoff * 2, self.settings.retry_max_s)
+        return min(self._interval(), wait)
+
+    def describe(self) -> dict[str, object]:
+        return {"pointer_version": self.pointer_version, "polls": self.polls, "poll_errors": self.errors,
+                "last_poll_error": self.last_error,
+                "retry_in_s": round(max(0.0, self._retry_at - time.monotonic()), 3) if self._retry_at else None}

@@ -1,0 +1,77 @@
+"""The few request headers the gateway reads, taken in one pass over the raw ASGI headers (cheaper
+than building a header mapping per request), and request ids."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from typing import NamedTuple
+
+from inferloop.gateway.errors import InvalidInput, UnsupportedMediaType
+
+_PREFIX = os.urandom(4).hex()
+_counter = itertools.count(1)
+MAX_REQUEST_ID = 128
+
+
+def new_request_id() -> str:
+    """Unique within this process run, and across replicas with high probability; no syscall per id."""
+    return f"{_PREFIX}-{next(_counter):x}"
+
+
+class RequestHeaders(NamedTuple):
+    request_id: str
+    content_type: bytes | None
+    header_length: int | None  # Inference-Header-Content-Length (binary tensor extension)
+    authorization: bytes | None
+    content_length: int | None  # as declared; the server has checked it is a number
+
+
+def request_id_of(scope: dict) -> str:
+    """The id a handler settled on (kept in the scope), else the client's, else a new one; never raises."""
+    rid = scope.get("inferloop.request_id")
+    if rid is None:
+        for key, value in scope.get("headers", ()):
+            if key == b"x-request-id" and len(value) <= MAX_REQUEST_ID and value.isascii():
+                return value.decode("ascii")
+        rid = new_request_id()
+    return rid
+
+
+def read_headers(scope_headers: list[tuple[bytes, bytes]]) -> RequestHeaders:
+    request_id = content_type = header_length = authorization = content_length = None
+    for key, value in scope_headers:
+        if key == b"x-request-id":
+            request_id = value
+        elif key == b"content-type":
+            content_type = value
+        elif key == b"inference-header-content-length":
+            header_length = value
+        elif key == b"authorization":
+            authorization = value
+        elif key == b"content-length":
+            content_length = value
+    rid = None
+    if request_id and len(request_id) <= MAX_REQUEST_ID and request_id.isascii():
+        rid = request_id.decode("ascii")
+    length = None
+    if header_length is not None:
+        try:
+            length = int(header_length)
+        except ValueError:
+            raise InvalidInput(f"Inference-Header-Content-Length is not an integer: {header_length!r}") from None
+    declared = int(content_length) if content_length is not None and content_length.isdigit() else None
+    return RequestHeaders(rid or new_request_id(), content_type, length, authorization, declared)
+
+
+def check_json_body(content_type: bytes | None, binary_allowed: bool) -> None:
+    """JSON bodies only (or octet-stream for the binary tensor extension). A missing Content-Type is
+    accepted, as Triton does: its own client sends none."""
+    if content_type is None:
+        return
+    media = content_type.split(b";", 1)[0].strip().lower()
+    if media == b"application/json" or (binary_allowed and media == b"application/octet-stream"):
+        return
+    raise UnsupportedMediaType(f"unsupported Content-Type {content_type.decode('latin-1')!r}: send application/json"
+                               + (" (or application/octet-stream with Inference-Header-Content-Length)"
+                                  if binary_allowed else ""))

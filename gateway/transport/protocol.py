@@ -1,0 +1,351 @@
+"""Wire formats: Open Inference Protocol v2 (JSON, plus Triton's binary tensor extension) and the
+v1 `{"instances": ...}` form, decoded with msgspec straight from the body bytes.
+
+Everything a request can get wrong becomes `InvalidInput` with a message that names the input,
+the shape or the row; nothing here raises anything else for bad input.
+
+Input layouts accepted for a model with features f1..fk:
+- one tensor of shape [n, k] (any name; metadata calls it "input"), or
+- one tensor per feature, named by the feature, each of shape [n] or [n, 1].
+Output: one FP32 tensor "output" of shape [n, outputs] (binary: sigmoid probability, multiclass:
+softmax probabilities, regression: the raw value).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import msgspec
+import numpy as np
+from inferloop.gateway.errors import InvalidInput
+from inferloop.gateway.serving.slot import ModelSignature
+
+OUTPUT_NAME = "output"
+INPUT_NAME = "input"
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+NUMERIC_DTYPES = {
+    "FP16": "<f2", "FP32": "<f4", "FP64": "<f8", "INT8": "i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8",
+    "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8",
+}
+
+
+class InferInput(msgspec.Struct):
+    name: str
+    shape: list[int]
+    datatype: str
+    data: msgspec.Raw = msgspec.Raw()  # decoded later, once the datatype and shape are known
+    parameters: dict[str, Any] | None = None
+
+
+class FlatInput(msgspec.Struct):
+    """The common case, decoded in one pass: numbers in a flat list."""
+
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list[float]
+    parameters: dict[str, Any] | None = None
+
+
+class RequestedOutput(msgspec.Struct):
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class InferRequest(msgspec.Struct):
+    inputs: list[InferInput]
+    id: str | None = None
+    outputs: list[RequestedOutput] | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class FlatRequest(msgspec.Struct):
+    inputs: list[FlatInput]
+    id: str | None = None
+    outputs: list[RequestedOutput] | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class OutputTensor(msgspec.Struct, omit_defaults=True):
+    name: str
+    datatype: str
+    shape: list[int]
+    data: list[float] | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class InferResponse(msgspec.Struct, omit_defaults=True):
+    model_name: str
+    model_version: str
+    outputs: list[OutputTensor]
+    id: str | None = None
+
+
+class PredictRows(msgspec.Struct):
+    instances: list[list[float]]
+
+
+class PredictRecords(msgspec.Struct):
+    instances: list[dict[str, float]]
+
+
+class PredictResponse(msgspec.Struct):
+    predictions: list[Any]
+    model: str
+    version: int
+
+
+class InferCall(NamedTuple):
+    rows: np.ndarray  # (n, features) float32, C-contiguous, finite
+    id: str | None
+    binary_output: bool
+
+
+_request = msgspec.json.Decoder(InferRequest)
+_flat_request = msgspec.json.Decoder(FlatRequest)
+_flat = msgspec.json.Decoder(list[float])
+_nested = msgspec.json.Decoder(list[list[float]])
+_rows = msgspec.json.Decoder(PredictRows)
+_records = msgspec.json.Decoder(PredictRecords)
+_encoder = msgspec.json.Encoder()
+
+
+def _decode(decoder: msgspec.json.Decoder, data: bytes | memoryview, what: str) -> Any:
+    try:
+        return decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise InvalidInput(f"invalid {what}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        hint = ""
+        if any(word in bytes(data) for word in (b"NaN", b"Infinity")):
+            hint = " (NaN and Infinity are not JSON numbers, and inputs must be finite)"
+        raise InvalidInput(f"malformed JSON in {what}: {exc}{hint}") from None
+
+
+def checked_rows(values: np.ndarray, features: tuple[str, ...]) -> np.ndarray:
+    """Cast to float32 after checking every value is finite and fits float32 (NaN fails `<=`)."""
+    ok = np.abs(values) <= FLOAT32_MAX
+    if not ok.all():
+        row, col = (int(i) for i in np.argwhere(~ok)[0])
+        raise InvalidInput(f"input value at row {row}, feature {features[col]!r} is {float(values[row, col])!r}: inputs "
+                           "must be finite numbers within float32 range (no NaN or Inf)")
+    return np.ascontiguousarray(values, dtype=np.float32)
+
+
+def check_row_count(n: int, max_rows: int) -> None:
+    if n == 0:
+        raise InvalidInput("empty batch: the request has no rows")
+    if n > max_rows:
+        raise InvalidInput(f"{n} rows exceed the limit of {max_rows} rows per request; split the request")
+
+
+# -- Open Inference Protocol v2 ---------------------------------------------------------------
+def decode_infer(body: bytes, header_length: int | None, sig: ModelSignature, max_rows: int) -> InferCall:
+    if header_length is None:
+        fast = _decode_single_flat(body, sig, max_rows)
+        if fast is not None:
+            return fast
+    binary = b""
+    if header_length is not None:
+        if not 0 < header_length <= len(body):
+            raise InvalidInput(f"Inference-Header-Content-Length {header_length} does not fit a body of "
+                               f"{len(body)} bytes")
+        binary, body = memoryview(body)[header_length:], memoryview(body)[:header_length]
+    request: InferRequest = _decode(_request, body, "inference request")
+    if not request.inputs:
+        raise InvalidInput("'inputs' is empty: send one tensor of shape [n, "
+                           f"{sig.width}] or one tensor per feature")
+    tensors, finite = _input_values(request.inputs, binary)
+    rows = _assemble(request.inputs, tensors, sig)
+    check_row_count(len(rows), max_rows)
+    if not finite:
+        rows = checked_rows(rows, sig.features)
+    elif not rows.flags.c_contiguous:
+        rows = np.ascontiguousarray(rows)
+    return InferCall(rows, request.id, _wants_binary(request))
+
+
+def _decode_single_flat(body: bytes, sig: ModelSignature, max_rows: int) -> InferCall | None:
+    """One [n, width] tensor of plain JSON numbers, decoded in one pass (the hot path). Anything else,
+    including every malformed request, returns None and takes the general path, which explains it."""
+    try:
+        request = _flat_request.decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    if len(request.inputs) != 1:
+        return None
+    (tensor,) = request.inputs
+    shape, data = tensor.shape, tensor.data
+    if (tensor.datatype not in NUMERIC_DTYPES or len(shape) != 2 or shape[1] != sig.width
+            or not 0 < shape[0] <= max_rows or shape[0] * shape[1] != len(data)
+            or min(data) < -FLOAT32_MAX or max(data) > FLOAT32_MAX):
+        return None
+    return InferCall(np.array(data, dtype=np.float32).reshape(shape), request.id, _wants_binary(request))
+
+
+def _input_values(inputs: list[InferInput], binary: bytes | memoryview) -> tuple[list[np.ndarray], bool]:
+    """Each input's values reshaped to its shape, and whether they are all known finite float32
+    already (JSON numbers are finite by construction, so only float32 overflow needs a look)."""
+    out = []
+    checked = True
+    offset = 0
+    for tensor in inputs:
+        dtype = NUMERIC_DTYPES.get(tensor.datatype)
+        if dtype is None:
+            raise InvalidInput(f"input {tensor.name!r} has datatype {tensor.datatype!r}; this model takes numeric "
+                               f"tensors ({', '.join(NUMERIC_DTYPES)}), preferably FP32")
+        if any(not isinstance(d, int) or d < 0 for d in tensor.shape):
+            raise InvalidInput(f"input {tensor.name!r} has an invalid shape {tensor.shape}")
+        count = math.prod(tensor.shape)
+        size = (tensor.parameters or {}).get("binary_data_size")
+        if size is not None:
+            values = _binary_values(tensor, binary, offset, size, count, dtype)
+            offset += size
+            checked = False
+        elif len(tensor.data):
+            values, finite = _json_values(tensor)
+            checked = checked and finite
+        else:
+            raise InvalidInput(f"input {tensor.name!r} has no 'data' (and no binary_data_size)")
+        if values.size != count:
+            raise InvalidInput(f"input {tensor.name!r} has shape {tensor.shape} ({count} values) but its data holds "
+                               f"{values.size} values")
+        out.append(values.reshape(tensor.shape))
+    return out, checked
+
+
+def _binary_values(tensor: InferInput, binary: bytes | memoryview, offset: int, size: object, count: int,
+                   dtype: str) -> np.ndarray:
+    if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+        raise InvalidInput(f"input {tensor.name!r}: binary_data_size {size!r} does not fit the "
+                           f"{len(binary)} bytes after the JSON header")
+    itemsize = np.dtype(dtype).itemsize
+    if size != count * itemsize:
+        raise InvalidInput(f"input {tensor.name!r}: shape {tensor.shape} of {tensor.datatype} needs "
+                           f"{count * itemsize} bytes, binary_data_size is {size}")
+    return np.frombuffer(binary[offset:offset + size], dtype=dtype).astype(np.float64)
+
+
+def _json_values(tensor: InferInput) -> tuple[np.ndarray, bool]:
+    raw = bytes(tensor.data)
+    if raw.lstrip()[1:].lstrip()[:1] == b"[":
+        values = _decode(_nested, raw, f"data of input {tensor.name!r}")
+        try:
+            return np.asarray(values, dtype=np.float64).reshape(-1), False
+        except ValueError:
+            raise InvalidInput(f"data of input {tensor.name!r} is a ragged nested list") from None
+    flat = _decode(_flat, raw, f"data of input {tensor.name!r}")
+    if flat and (min(flat) < -FLOAT32_MAX or max(flat) > FLOAT32_MAX):
+        return np.asarray(flat, dtype=np.float64), False  # checked_rows locates the culprit
+    return np.array(flat, dtype=np.float32), True
+
+
+def _assemble(inputs: list[InferInput], tensors: list[np.ndarray], sig: ModelSignature) -> np.ndarray:
+    width = sig.width
+    if len(inputs) == 1 and len(tensors[0].shape) != 1:
+        (tensor,), (values,) = inputs, tensors
+        if values.ndim != 2 or values.shape[1] != width:
+            raise InvalidInput(f"input {tensor.name!r} has shape {tensor.shape}; this model takes [n, {width}] "
+                               f"(features: {', '.join(sig.features)})")
+        return values
+    # one tensor per feature
+    by_name: dict[str, np.ndarray] = {}
+    for tensor, values in zip(inputs, tensors, strict=True):
+        if tensor.name not in sig.features:
+            raise InvalidInput(f"unknown input {tensor.name!r}: send one tensor {INPUT_NAME!r} of shape [n, {width}] "
+                               f"or one tensor per feature ({', '.join(sig.features)})")
+        if tensor.name in by_name:
+            raise InvalidInput(f"input {tensor.name!r} appears twice")
+        if values.ndim == 2 and values.shape[1] == 1:
+            values = values[:, 0]
+        if values.ndim != 1:
+            raise InvalidInput(f"input {tensor.name!r} has shape {tensor.shape}; a per-feature tensor is [n] or [n, 1]")
+        by_name[tensor.name] = values
+    missing = [f for f in sig.features if f not in by_name]
+    if missing:
+        raise InvalidInput(f"missing input(s) {', '.join(missing)}")
+    lengths = {len(v) for v in by_name.values()}
+    if len(lengths) != 1:
+        raise InvalidInput(f"per-feature inputs have different row counts: {sorted(lengths)}")
+    return np.stack([by_name[f] for f in sig.features], axis=1)
+
+
+def _wants_binary(request: InferRequest | FlatRequest) -> bool:
+    if request.outputs:
+        for out in request.outputs:
+            if out.name != OUTPUT_NAME:
+                raise InvalidInput(f"unknown output {out.name!r}: this model gives {OUTPUT_NAME!r}")
+        return any(bool((o.parameters or {}).get("binary_data")) for o in request.outputs)
+    return bool((request.parameters or {}).get("binary_data_output"))
+
+
+def encode_infer(model: str, version: int, request_id: str | None, outputs: np.ndarray,
+                 binary: bool) -> tuple[bytes, int | None]:
+    """The response body, and the JSON header's length when outputs travel as binary."""
+    shape = list(outputs.shape)
+    if binary:
+        raw = np.ascontiguousarray(outputs, dtype="<f4").tobytes()
+        tensor = OutputTensor(OUTPUT_NAME, "FP32", shape, parameters={"binary_data_size": len(raw)})
+        header = _encoder.encode(InferResponse(model, str(version), [tensor], request_id))
+        return header + raw, len(header)
+    tensor = OutputTensor(OUTPUT_NAME, "FP32", shape, outputs.ravel().tolist())
+    return _encoder.encode(InferResponse(model, str(version), [tensor], request_id)), None
+
+
+def model_metadata(name: str, version: int, sig: ModelSignature, stage: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "versions": [str(version)],
+        "platform": "pytorch",
+        "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, sig.width]}],
+        "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, sig.outputs]}],
+        "parameters": {"features": list(sig.features), "output_kind": sig.output_kind, "classes": list(sig.classes),
+                       "stage": stage},
+    }
+
+
+# -- v1 predict -------------------------------------------------------------------------------
+def decode_predict(body: bytes, sig: ModelSignature, max_rows: int) -> np.ndarray:
+    try:
+        instances: list[Any] = _rows.decode(body).instances
+        records = False
+    except msgspec.ValidationError as exc:
+        if "got `object`" not in str(exc):
+            raise InvalidInput(f"invalid predict request: {exc}") from None
+        instances, records = _decode(_records, body, "predict request").instances, True
+    except msgspec.DecodeError:
+        instances, records = _decode(_rows, body, "predict request"), False  # raises InvalidInput with a hint
+    check_row_count(len(instances), max_rows)
+    if records:
+        rows = _records_to_rows(instances, sig)
+    else:
+        try:
+            rows = np.asarray(instances, dtype=np.float64)
+        except ValueError:
+            raise InvalidInput("instances have different lengths") from None
+        if rows.shape[1] != sig.width:
+            raise InvalidInput(f"instances have {rows.shape[1]} values; this model takes {sig.width} "
+                               f"({', '.join(sig.features)})")
+    return checked_rows(rows, sig.features)
+
+
+def _records_to_rows(instances: list[dict[str, float]], sig: ModelSignature) -> np.ndarray:
+    wanted = set(sig.features)
+    for i, record in enumerate(instances):
+        if record.keys() != wanted:
+            missing = [f for f in sig.features if f not in record]
+            unknown = sorted(set(record) - wanted)
+            problem = f"is missing feature(s) {', '.join(missing)}" if missing else \
+                f"has unknown feature(s) {', '.join(unknown)}"
+            raise InvalidInput(f"instance {i} {problem}; this model takes {', '.join(sig.features)}")
+    return np.array([[record[f] for f in sig.features] for record in instances], dtype=np.float64)
+
+
+def encode_predict(model: str, version: int, outputs: np.ndarray) -> bytes:
+    predictions = outputs[:, 0].tolist() if outputs.shape[1] == 1 else outputs.tolist()
+    return _encoder.encode(PredictResponse(predictions, model, version))
+
+
+def encode(obj: Any) -> bytes:
+    return _encoder.encode(obj)

@@ -1,0 +1,31 @@
+"""A model's loop in one YAML file (`policies/<model>.yaml`): how it is trained, gated, shadowed and
+watched. The trainer and the gateway read it; the registry knows nothing of it (it only checks
+model names with the registry's own rules)."""
+
+from __future__ import annotations
+
+from .schema import (
+    METRICS,
+    DataSource,
+    Direction,
+    Kind,
+    MonitorMethods,
+    MonitorPolicy,
+    NotifyTarget,
+    Policy,
+    PolicyError,
+    PsiMethod,
+    ShadowPolicy,
+    TrainingPolicy,
+    TriggerPolicy,
+    ValidationPolicy,
+    load_policies,
+    load_policy,
+    parse_policy,
+)
+
+__all__ = [
+    "METRICS", "DataSource", "Direction", "Kind", "MonitorMethods", "MonitorPolicy", "NotifyTarget", "Policy",
+    "PolicyError", "PsiMethod", "ShadowPolicy", "TrainingPolicy", "TriggerPolicy", "ValidationPolicy",
+    "load_policies", "load_policy", "parse_policy",
+]
