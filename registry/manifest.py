@@ -18,8 +18,9 @@ EventKind = Literal[
 ]
 
 
-class Struct(msgspec.Struct, forbid_unknown_fields=False, omit_defaults=False):
-    """Base: unknown fields are tolerated on read so newer writers don't break older readers."""
+class Struct(msgspec.Struct, frozen=True, forbid_unknown_fields=False, omit_defaults=False):
+    """Base: unknown fields are tolerated on read so newer writers don't break older readers.
+    Frozen, as every subclass already is (a non-frozen base under frozen subclasses is a type error)."""
 
 
 class ModelSpec(Struct, frozen=True):

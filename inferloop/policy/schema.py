@@ -50,7 +50,7 @@ def _finite(value: float, name: str) -> None:
 
 
 # -- training: ----------------------------------------------------------------------------------
-class DataSource(_Section):
+class DataSource(_Section, frozen=True):
     """Where the day partitions are and which of them to train on: `latest: N` (the N newest
     partition files by name) or an explicit `partitions: [name, ...]`; exactly one of the two."""
 
@@ -72,7 +72,7 @@ class DataSource(_Section):
                          f"data.partitions entry {p!r} is not a partition name")
 
 
-class TrainingPolicy(_Section):
+class TrainingPolicy(_Section, frozen=True):
     data: DataSource
     features: list[str]
     target: str
@@ -117,7 +117,7 @@ class TrainingPolicy(_Section):
 
 
 # -- validation: --------------------------------------------------------------------------------
-class NotifyTarget(_Section):
+class NotifyTarget(_Section, frozen=True):
     """One `notify_on_fail` entry: `{webhook: URL}` (JSON POST) or `{slack: "#channel"}` (posted to the
     incoming-webhook URL in INFERLOOP_SLACK_WEBHOOK_URL)."""
 
@@ -134,7 +134,7 @@ class NotifyTarget(_Section):
             _require(bool(self.slack.strip()), "notify_on_fail slack channel must not be empty")
 
 
-class ValidationPolicy(_Section):
+class ValidationPolicy(_Section, frozen=True):
     """Two gates. Gate 1 (absolute): every `min_<metric>` / `max_<metric>` bound holds on the holdout.
     Gate 2 (relative, when `compare_to` is set): the model in that stage is evaluated on the same
     holdout in the same run, and for each gated metric
@@ -178,7 +178,7 @@ class ValidationPolicy(_Section):
                 key = f"{bound}_{metric}"
                 value = getattr(self, key)
                 if value is not None:
-                    out.append((key, bound, metric, float(value)))  # type: ignore[arg-type]
+                    out.append((key, bound, metric, float(value)))
         return out
 
     def gated_metrics(self) -> list[str]:
@@ -186,7 +186,7 @@ class ValidationPolicy(_Section):
 
 
 # -- shadow: (read by the gateway) --------------------------------------------------------------
-class ShadowPolicy(_Section):
+class ShadowPolicy(_Section, frozen=True):
     """Rules for a version in the `shadow` stage, evaluated on the gateway's rolling shadow report."""
 
     sample_rate: float = 1.0  # fraction of live requests mirrored to the shadow model
@@ -207,7 +207,7 @@ class ShadowPolicy(_Section):
 
 
 # -- monitor: (read by the gateway) -------------------------------------------------------------
-class PsiMethod(_Section):
+class PsiMethod(_Section, frozen=True):
     threshold: float = 0.10  # drift when a feature's PSI over a window reaches this (docs/drift.md)
     exit_threshold: float | None = None  # drift state clears below this (hysteresis); default: threshold
 
@@ -224,11 +224,11 @@ class PsiMethod(_Section):
         return self.threshold if self.exit_threshold is None else self.exit_threshold
 
 
-class MonitorMethods(_Section):
+class MonitorMethods(_Section, frozen=True):
     psi: PsiMethod = msgspec.field(default_factory=PsiMethod)
 
 
-class TriggerPolicy(_Section):
+class TriggerPolicy(_Section, frozen=True):
     """What a drift trip does. retrain: POST the trainer's /v1/retrain (`url` = trainer base URL,
     default INFERLOOP_TRAINER_URL); airflow: trigger DAG `pipeline` at `url`; github: a
     repository_dispatch `event_type` on `repository`; webhook: JSON POST to `url`.
@@ -254,7 +254,7 @@ class TriggerPolicy(_Section):
             _require(self.url is not None, "on_trigger action webhook needs `url`")
 
 
-class MonitorPolicy(_Section):
+class MonitorPolicy(_Section, frozen=True):
     model: str | None = None  # the model watched; defaults to the policy's model
     methods: MonitorMethods = msgspec.field(default_factory=MonitorMethods)
     window: int = 1000  # rows per tumbling window the PSI is computed over
@@ -278,7 +278,7 @@ class MonitorPolicy(_Section):
 
 
 # -- the whole file -----------------------------------------------------------------------------
-class Policy(_Section):
+class Policy(_Section, frozen=True):
     training: TrainingPolicy
     model: str = ""  # the registry model name; defaults to the file name without .yaml
     validation: ValidationPolicy | None = None
