@@ -5,6 +5,8 @@ Imports nothing from `gateway` or `trainer`.
 
 from __future__ import annotations
 
+from typing import Any
+
 from inferloop.registry.core import AsyncRegistry, PointerState
 from inferloop.registry.errors import (
     Conflict,
@@ -23,7 +25,7 @@ from inferloop.registry.sync import Registry
 from inferloop.registry.tracking import Run
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     # torch is imported only when a model is built, so the CLI and pollers start fast.
     if name in ("MLP", "build_module"):
         from inferloop.registry import architectures

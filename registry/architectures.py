@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
 
-class MLP(nn.Module):
+# torch is not followed (follow_imports=skip in pyproject), so nn.Module is Any to mypy.
+class MLP(nn.Module):  # type: ignore[misc]
     """Fully connected network for tabular data: in_features → hidden… → out_features."""
 
     def __init__(self, in_features: int, out_features: int = 1, hidden: list[int] | tuple[int, ...] = (64, 64),

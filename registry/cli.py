@@ -10,14 +10,14 @@ from typing import Any
 import msgspec
 from inferloop.registry import Registry
 from inferloop.registry.commandline import add_registry_options, default_actor, registry_uri
-from inferloop.registry.manifest import Event, VersionManifest
+from inferloop.registry.manifest import Event
 
 
 def open_registry(args: argparse.Namespace) -> Registry:
     return Registry.open(registry_uri(args), s3_endpoint=getattr(args, "s3_endpoint", None))
 
 
-def register_parser(sub: argparse._SubParsersAction) -> None:
+def register_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     reg = sub.add_parser("registry", help="inspect and move model versions")
     rsub = reg.add_subparsers(dest="registry_command", required=True, metavar="VERB")
 
@@ -92,11 +92,11 @@ def run(args: argparse.Namespace) -> int:
                     for name in models:
                         st = reg.stages(name)
                         rows.append([name, reg.latest_version(name),
-                                     *[(st[s].version if st[s] else "-") for s in ("staging", "shadow", "production")]])
+                                     *[(ptr.version if (ptr := st[s]) else "-") for s in ("staging", "shadow", "production")]])
                     _table(rows, ["MODEL", "LATEST", "STAGING", "SHADOW", "PRODUCTION"])
         elif cmd == "show":
             if args.version:
-                m: VersionManifest = reg.get_manifest(args.name, args.version)
+                m = reg.get_manifest(args.name, args.version)
                 if args.json:
                     _print_json(m)
                 else:

@@ -17,7 +17,7 @@ import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from inferloop.registry import layout
@@ -63,7 +63,10 @@ class Pointer(StagePointer, frozen=True):
     history: list[int] = []
 
 
-def _decode(data: bytes, typ: type, what: str) -> Any:
+_T = TypeVar("_T")
+
+
+def _decode(data: bytes, typ: type[_T], what: str) -> _T:
     try:
         return msgspec.json.decode(data, type=typ)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -211,7 +214,8 @@ class AsyncRegistry:
         try:
             await self.store.put_if_absent(key, encode({"version": manifest.version}))
         except Conflict:
-            return _decode((await self.store.get(key)).data, dict, "identity index")["version"] != manifest.version
+            indexed: int = _decode((await self.store.get(key)).data, dict, "identity index")["version"]
+            return indexed != manifest.version
         return True
 
     async def _log_registered(self, manifest: VersionManifest, actor: str, **extra: Any) -> None:
@@ -301,8 +305,8 @@ class AsyncRegistry:
         current_version = current.version if current else None
         if expected_version is not _ANY and expected_version != current_version:
             raise Conflict(f"{name} {stage} is at version {current_version}, not {expected_version}")
-        if current_version == version:
-            return current  # already there: no move, no event
+        if current is not None and current_version == version:
+            return current  # already there: no move, no event (current_version is an int here)
         if _history is None:
             history = list(current.history) if current else []
             if current_version is not None:
@@ -367,6 +371,7 @@ class AsyncRegistry:
     async def append_event(self, name: str, kind: str, **fields: Any) -> Event:
         check_model_name(name)
         for attempt in range(100):
+            prev: str | None
             cached = self._event_tail.get(name)
             if cached and not await self.store.exists(layout.event(name, cached[0] + 1)):
                 seq, prev = cached  # nobody appended since our last write: no need to re-read the tail

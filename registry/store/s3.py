@@ -116,7 +116,8 @@ class S3Store:
         s3 = await self._s3()
         with _mapped(key, self.bucket):
             resp = await s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*")
-        return resp["ETag"]
+        etag: str = resp["ETag"]  # aiobotocore is untyped here (not followed); S3 returns a string
+        return etag
 
     async def put_if_match(self, key: str, data: bytes, etag: str | None) -> str:
         if etag is None:
@@ -124,7 +125,8 @@ class S3Store:
         s3 = await self._s3()
         with _mapped(key, self.bucket):
             resp = await s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfMatch=etag)
-        return resp["ETag"]
+        new_etag: str = resp["ETag"]
+        return new_etag
 
     async def list_children(self, prefix: str, start_after: str = "", limit: int = 1000) -> list[str]:
         s3 = await self._s3()
