@@ -22,17 +22,23 @@ from inferloop.trainer.jobs import RetrainRequest
 from inferloop.trainer.runner import KeyReused, UnknownModel
 from inferloop.trainer.service import ServiceSettings, TrainerService
 from litestar import Litestar, Request, Response, get, post
+from litestar.datastructures import State
 from litestar.exceptions import ClientException, HTTPException, NotAuthorizedException, NotFoundException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 log = logging.getLogger("inferloop.trainer")
 
 
-def _service(request: Request) -> TrainerService:
-    return request.app.state.service
+# Resolved at runtime by Litestar (handler signatures), so these names are real imports, not TYPE_CHECKING.
+AnyRequest = Request[Any, Any, State]  # no auth middleware: user and auth are unused
 
 
-def _authorize(request: Request) -> None:
+def _service(request: AnyRequest) -> TrainerService:
+    service: TrainerService = request.app.state.service  # set by create_app; State values are Any
+    return service
+
+
+def _authorize(request: AnyRequest) -> None:
     token = _service(request).settings.token
     if not token:
         return
@@ -42,7 +48,7 @@ def _authorize(request: Request) -> None:
 
 
 @post("/v1/retrain", status_code=202)
-async def retrain(request: Request) -> dict[str, Any]:
+async def retrain(request: AnyRequest) -> dict[str, Any]:
     _authorize(request)
     try:  # decoded here, straight from the bytes: msgspec's message is the one the client sees
         data = msgspec.json.decode(await request.body(), type=RetrainRequest)
@@ -64,7 +70,7 @@ async def retrain(request: Request) -> dict[str, Any]:
 
 
 @get("/v1/jobs/{job_id:str}")
-async def get_job(request: Request) -> dict[str, Any]:
+async def get_job(request: AnyRequest) -> dict[str, Any]:
     _authorize(request)
     service = _service(request)
     job_id = request.path_params["job_id"]
@@ -75,7 +81,7 @@ async def get_job(request: Request) -> dict[str, Any]:
 
 
 @get("/v1/jobs")
-async def list_jobs(request: Request) -> dict[str, Any]:
+async def list_jobs(request: AnyRequest) -> dict[str, Any]:
     _authorize(request)
     limit = request.query_params.get("limit", "50")
     if not limit.isdigit():
@@ -85,16 +91,16 @@ async def list_jobs(request: Request) -> dict[str, Any]:
 
 
 @get("/healthz")
-async def healthz(request: Request) -> dict[str, Any]:
+async def healthz(request: AnyRequest) -> dict[str, Any]:
     return _service(request).health()
 
 
 @get("/metrics")
-async def metrics(request: Request) -> Response[bytes]:
+async def metrics(request: AnyRequest) -> Response[bytes]:
     return Response(generate_latest(_service(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def _error(request: Request, exc: Exception) -> Response[dict[str, str]]:
+def _error(request: AnyRequest, exc: Exception) -> Response[dict[str, str]]:
     if isinstance(exc, HTTPException):
         return Response({"error": exc.detail}, status_code=exc.status_code)
     log.exception("unhandled error on %s %s", request.method, request.url.path)

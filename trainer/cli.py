@@ -13,7 +13,7 @@ import datetime as dt
 import os
 import sys
 import traceback
-from typing import Any
+from typing import TypeVar
 
 import msgspec
 from inferloop.registry import RegistryError
@@ -29,7 +29,7 @@ from inferloop.trainer.errors import TrainerError
 EXIT_ERROR = 2
 
 
-def register_parser(sub: argparse._SubParsersAction) -> None:
+def register_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("train", help="run one training build from a policy (or --reproduce a version)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     what = p.add_mutually_exclusive_group(required=True)
@@ -120,9 +120,13 @@ def _train(args: argparse.Namespace) -> int:
     return summary.exit_code
 
 
-def _number(value: object, kind: type[int] | type[float], what: str, minimum: float) -> Any:
+_N = TypeVar("_N", int, float)
+
+
+def _number(value: str | float, kind: type[_N], what: str, minimum: float) -> _N:
+    # value: a parsed flag (int/float), an environment string, or the numeric default
     try:
-        number = kind(value)  # type: ignore[arg-type]
+        number = kind(value)
     except (TypeError, ValueError):
         raise UsageError(f"{what} must be a number, got {value!r}") from None
     if number < minimum:

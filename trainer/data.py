@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
 import msgspec
@@ -19,6 +20,9 @@ from inferloop.registry.manifest import DataLineage, DataPartition
 from inferloop.trainer.errors import DataError
 
 from inferloop.policy import DataSource, Kind
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 SUFFIX = ".parquet"
 _F32_MAX = float(np.finfo(np.float32).max)  # training is float32: larger values would become inf
@@ -67,7 +71,7 @@ def resolve_window(window: DataSource, source: str | None = None) -> tuple[str, 
     return f"file://{directory}", list(window.partitions)
 
 
-def _column(table, name: str, partition: str) -> np.ndarray:
+def _column(table: pa.Table, name: str, partition: str) -> np.ndarray:
     import pyarrow as pa
 
     col = table.column(name)
@@ -75,7 +79,7 @@ def _column(table, name: str, partition: str) -> np.ndarray:
         raise DataError(f"partition {partition}: column {name!r} has type {col.type}, expected a number")
     if col.null_count:
         raise DataError(f"partition {partition}: column {name!r} has {col.null_count} missing value(s)")
-    values = col.to_numpy().astype(np.float64)
+    values: np.ndarray = col.to_numpy().astype(np.float64)  # pyarrow is not followed: Any to mypy
     bad = int(np.count_nonzero(~np.isfinite(values)))
     if bad:
         raise DataError(f"partition {partition}: column {name!r} has {bad} NaN or infinite value(s)")

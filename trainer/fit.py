@@ -100,7 +100,8 @@ def _fold(model: MLP, x_mean: np.ndarray, x_std: np.ndarray, y_mean: float, y_st
     spec = model.spec
     out = MLP(spec.in_features, spec.out_features, spec.hidden, spec.activation)
     out.load_state_dict({k: v.to(torch.float32) for k, v in state.items()})
-    return out.eval()
+    out.eval()  # Module.eval() returns self; torch is not followed, so its result is Any to mypy
+    return out
 
 
 def fit(spec: TrainSpec, x: np.ndarray, y: np.ndarray, *, dist: DistInfo, device: str,

@@ -11,6 +11,8 @@ stage: gate 2 passes and says so. A metric that is missing (not computable) fail
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import msgspec
 from inferloop.registry.manifest import GateCheck, ValidationRecord
 from inferloop.trainer.metrics import direction
@@ -25,6 +27,13 @@ class ComparedModel(msgspec.Struct, frozen=True):
     version: int | None  # None: the stage is empty
     metrics: dict[str, float | None] = {}
     error: str | None = None  # it could not be evaluated (e.g. it takes other features)
+
+
+class _Reference(TypedDict):
+    """The GateCheck fields that describe the reference model of a relative check."""
+
+    production: float | None
+    production_version: int | None
 
 
 def _fmt(value: float | None) -> str:
@@ -57,7 +66,7 @@ def relative_checks(policy: ValidationPolicy, candidate: dict[str, float | None]
                 f"no {reference.stage} version yet: nothing to compare against, gate 2 passes")))
             continue
         ref = reference.metrics.get(metric)
-        common = {"production": ref, "production_version": reference.version}
+        common: _Reference = {"production": ref, "production_version": reference.version}
         if reference.error is not None or ref is None or got is None:
             why = reference.error or (f"{metric} is missing for the "
                                       f"{'candidate' if got is None else f'{reference.stage} model'}")

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Literal
 
 import msgspec
-from inferloop.trainer.jobs import ACTIVE, Job, JobStore, RequestRecord, RetrainRequest, new_job_id, utcnow
+from inferloop.registry.core import utcnow
+from inferloop.trainer.jobs import ACTIVE, Job, JobStore, RequestRecord, RetrainRequest, new_job_id
 from inferloop.trainer.pipeline import EXIT_GATE_FAILED, EXIT_OK, BuildSummary
 
 log = logging.getLogger("inferloop.trainer")
@@ -121,7 +122,12 @@ class JobRunner:
     def _spawn(self, job: Job) -> None:
         task = asyncio.get_running_loop().create_task(self._run(job), name=f"job-{job.id}")
         self._tasks[job.id] = task
-        task.add_done_callback(lambda _t, job_id=job.id: self._tasks.pop(job_id, None))
+        job_id = job.id
+
+        def forget(_t: asyncio.Task[None]) -> None:
+            self._tasks.pop(job_id, None)
+
+        task.add_done_callback(forget)
 
     def _command(self, job: Job) -> list[str]:
         # -P: the job's working directory is never put first on sys.path, so a folder there (a user's

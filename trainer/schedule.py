@@ -28,7 +28,8 @@ class Scheduler:
         self.next_fire: dict[str, datetime] = {m: self._after(m, start) for m in self.schedules}
 
     def _after(self, model: str, when: datetime) -> datetime:
-        return croniter(self.schedules[model], when).get_next(datetime)
+        fire: datetime = croniter(self.schedules[model], when).get_next(datetime)  # croniter is not followed
+        return fire
 
     def fire_due(self, now: datetime) -> list[tuple[str, Job, str]]:
         """Submit every schedule due at `now` (once per scheduled time, missed times not replayed)."""

@@ -17,10 +17,13 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 import numpy as np
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 DataKind = Literal["regression", "classification"]
 
@@ -98,7 +101,7 @@ _GROUND_TRUTH = {
 
 
 def day_table(kind: DataKind, seed: int, day: int, rows: int, shifted: bool, covariate_shift: float,
-              concept_shift: float):
+              concept_shift: float) -> pa.Table:
     """One day's rows as a pyarrow Table (day is 0-based)."""
     import pyarrow as pa
 
