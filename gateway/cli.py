@@ -15,7 +15,7 @@ from pathlib import Path
 from inferloop.registry import DEFAULT_REGISTRY_URI
 
 
-def register_parser(sub: argparse._SubParsersAction) -> None:
+def register_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="serve models over HTTP with hot swap (Open Inference Protocol v2)",
                        description="Serve the production version of each --model; swap versions when the "
                                    "registry pointer moves. Flags override INFERLOOP_* environment variables.")

@@ -23,11 +23,15 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from inferloop.registry import StagePointer
 
 MODEL = "revenue-forecast"
 TOKEN = "demo-admin-token"
@@ -99,7 +103,7 @@ class DemoResult:
     timeline: list[tuple[str, str]] = field(default_factory=list)
 
 
-def register_parser(sub: argparse._SubParsersAction) -> None:
+def register_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="run the whole closed loop locally: train, serve, drift, retrain, swap")
     p.add_argument("--workdir", default=".inferloop/demo", help="where data, policy, logs go (wiped first)")
     p.add_argument("--registry", default=None, help="registry URI (default: file://WORKDIR/model-registry)")
@@ -127,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]  # (host, port) for AF_INET; typeshed types the address as Any
+        return port
 
 
 class Service:
@@ -219,12 +224,13 @@ class Traffic:
                 pick = rows[rng.integers(0, len(rows), self.rows_per_request)]
                 url = f"{self.urls[i % len(self.urls)]}/v1/models/{MODEL}/predict"
                 i += 1
+                r: httpx.Response | httpx.HTTPError  # the failure's text is logged below either way
                 try:
                     r = client.post(url, json={"instances": pick.tolist()})
                     ok = r.status_code == 200
                     version = int(r.headers.get("x-model-version", 0)) if ok else None
                 except httpx.HTTPError as exc:
-                    ok, version, r = False, None, exc  # type: ignore[assignment]
+                    ok, version, r = False, None, exc
                 with self._lock:
                     if ok and version:
                         self.by_version[version] += 1
@@ -273,7 +279,9 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
                            min_samples=cfg.window // 2, shadow_min=max(200, cfg.window // 2))
     (work / "policies" / f"{MODEL}.yaml").write_text(policy)
     start = dt.date(2024, 1, 1)
-    day = lambda n: start + dt.timedelta(days=n - 1)  # noqa: E731 - 1-based day numbers
+
+    def day(n: int) -> dt.date:  # 1-based day numbers
+        return start + dt.timedelta(days=n - 1)
 
     step(f"generating 20 days of data ({cfg.rows_per_day} rows/day) in {data_dir}")
     generate(data_dir, kind="regression", days=DRIFT_FROM_DAY - 1, rows_per_day=cfg.rows_per_day, seed=7,
@@ -316,14 +324,15 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         admin = httpx.Client(timeout=10, headers={"authorization": f"Bearer {TOKEN}"})
 
         def drift_state(url: str) -> dict[str, Any]:
-            return admin.get(f"{url}/admin/models/{MODEL}/drift").json()
+            state: dict[str, Any] = admin.get(f"{url}/admin/models/{MODEL}/drift").json()
+            return state
 
         traffic = Traffic(urls, cfg.rows_per_request)
         traffic.use(_feature_rows(data_dir, [day(n) for n in range(14, 21)], features))
         traffic.start()
         deadline = t0 + cfg.timeout_s
 
-        def wait(what: str, check) -> Any:  # noqa: ANN001
+        def wait(what: str, check: Callable[[], Any]) -> Any:  # returns check()'s first truthy value
             while time.monotonic() < deadline:
                 value = check()
                 if value:
@@ -351,10 +360,11 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
             rel = checks.get("relative")
             step(f"v2 registered: gates {'passed' if v2.validation and v2.validation.passed else 'FAILED'}"
                  + (f" (same holdout: v2 rmse {rel.candidate:.3f} vs v1 {rel.production:.3f})" if rel else ""))
+            # v1 was promoted to production above and nothing in the loop clears a stage: that pointer exists
             wait("v2 in shadow", lambda: (p := reg.get_pointer(MODEL, "shadow")) is not None and p.version == 2
-                 or (reg.get_pointer(MODEL, "production").version == 2))
+                 or (cast("StagePointer", reg.get_pointer(MODEL, "production")).version == 2))
             step("v2 in shadow: mirrored live traffic, compared with v1")
-            wait("v2 in production", lambda: reg.get_pointer(MODEL, "production").version == 2)
+            wait("v2 in production", lambda: cast("StagePointer", reg.get_pointer(MODEL, "production")).version == 2)
             step("shadow rules met: v2 promoted to production on evidence")
             wait("the hot swap", lambda: traffic.by_version.get(2, 0) > 0)
             step("gateway hot-swapped to v2 with no restart")
