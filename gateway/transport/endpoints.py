@@ -8,7 +8,7 @@ serialisation. Errors propagate to `error_responses`; the handlers only count th
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 from inferloop.gateway.errors import InvalidInput
@@ -17,6 +17,7 @@ from inferloop.gateway.transport.headers import read_headers
 from inferloop.gateway.transport.openapi import openapi_document
 from inferloop.gateway.transport.protocol import encode
 from litestar import Request, get, post
+from litestar.datastructures import State
 from litestar.response.base import ASGIResponse
 
 if TYPE_CHECKING:
@@ -24,6 +25,10 @@ if TYPE_CHECKING:
     from inferloop.gateway.transport.admin_auth import AdminGuard
     from inferloop.gateway.transport.request_body import BodyReader
     from litestar.handlers import HTTPRouteHandler
+
+# Resolved at runtime by Litestar (handler signatures), so these names are real imports, not TYPE_CHECKING.
+AnyRequest = Request[Any, Any, State]  # no auth middleware: user and auth are unused
+_T = TypeVar("_T")
 
 JSON = "application/json"
 SERVER_METADATA = encode({"name": "inferloop", "version": "0.1.0", "extensions": ["binary_tensor_data"]})
@@ -33,7 +38,7 @@ def _json(body: bytes, status: int = 200, headers: list[tuple[str, str]] | None 
     return ASGIResponse(body=body, status_code=status, headers=headers, media_type=JSON)
 
 
-def _decode_admin(body: bytes, kind: type[Any]) -> Any:
+def _decode_admin(body: bytes, kind: type[_T]) -> _T:
     try:
         return msgspec.json.decode(body or b"{}", type=kind)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
@@ -58,13 +63,13 @@ def build_routes(plane: DataPlane, guard: AdminGuard, bodies: BodyReader) -> lis
         return _json(SERVER_METADATA)
 
     @get("/v2/models/{name:str}")
-    async def model_metadata(request: Request) -> ASGIResponse:
+    async def model_metadata(request: AnyRequest) -> ASGIResponse:
         name = request.path_params["name"]
         version, meta = plane.metadata(name)
         return _json(encode(meta), headers=[("x-model-version", str(version))])
 
     @get("/v2/models/{name:str}/ready")
-    async def model_ready(request: Request) -> ASGIResponse:
+    async def model_ready(request: AnyRequest) -> ASGIResponse:
         name = request.path_params["name"]
         ok = plane.model_ready(name)
         return _json(encode({"name": name, "ready": ok}), 200 if ok else 503)
@@ -82,15 +87,15 @@ def build_routes(plane: DataPlane, guard: AdminGuard, bodies: BodyReader) -> lis
         return ASGIResponse(body=generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     # -- admin --------------------------------------------------------------------------------
-    def admin_actor(request: Request, declared: str | None) -> str:
+    def admin_actor(request: AnyRequest, declared: str | None) -> str:
         client = request.client.host if request.client else "unknown"
         return f"{declared or 'admin'} via gateway from {client}"
 
-    def authorize(request: Request) -> None:
+    def authorize(request: AnyRequest) -> None:
         guard.check(read_headers(request.scope["headers"]).authorization)
 
     @post("/admin/models/{name:str}/promote", status_code=200)
-    async def promote(request: Request) -> ASGIResponse:
+    async def promote(request: AnyRequest) -> ASGIResponse:
         authorize(request)
         name = request.path_params["name"]
         body: PromoteBody = _decode_admin(await bodies.read(request.body()), PromoteBody)
@@ -99,7 +104,7 @@ def build_routes(plane: DataPlane, guard: AdminGuard, bodies: BodyReader) -> lis
         return _json(encode(result))
 
     @post("/admin/models/{name:str}/rollback", status_code=200)
-    async def rollback(request: Request) -> ASGIResponse:
+    async def rollback(request: AnyRequest) -> ASGIResponse:
         authorize(request)
         name = request.path_params["name"]
         body: RollbackBody = _decode_admin(await bodies.read(request.body()), RollbackBody)
@@ -108,17 +113,17 @@ def build_routes(plane: DataPlane, guard: AdminGuard, bodies: BodyReader) -> lis
         return _json(encode(result))
 
     @get("/admin/models/{name:str}")
-    async def admin_status(request: Request) -> ASGIResponse:
+    async def admin_status(request: AnyRequest) -> ASGIResponse:
         authorize(request)
         return _json(encode(plane.status(request.path_params["name"])))
 
     @get("/admin/models/{name:str}/shadow")
-    async def shadow_report(request: Request) -> ASGIResponse:
+    async def shadow_report(request: AnyRequest) -> ASGIResponse:
         authorize(request)
         return _json(encode(plane.shadow_report(request.path_params["name"])))
 
     @post("/admin/models/{name:str}/shadow", status_code=200)
-    async def shadow_sampling(request: Request) -> ASGIResponse:
+    async def shadow_sampling(request: AnyRequest) -> ASGIResponse:
         authorize(request)
         body: SamplingBody = _decode_admin(await bodies.read(request.body()), SamplingBody)
         result = await plane.set_shadow_sample_rate(request.path_params["name"], body.sample_rate,
@@ -126,7 +131,7 @@ def build_routes(plane: DataPlane, guard: AdminGuard, bodies: BodyReader) -> lis
         return _json(encode(result))
 
     @get("/admin/models/{name:str}/drift")
-    async def drift_state(request: Request) -> ASGIResponse:
+    async def drift_state(request: AnyRequest) -> ASGIResponse:
         authorize(request)
         return _json(encode(plane.drift_state(request.path_params["name"])))
 

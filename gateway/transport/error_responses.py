@@ -11,7 +11,8 @@ send what it builds.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from inferloop.gateway.errors import (
     AdminDisabled,
@@ -42,7 +43,7 @@ from litestar.exceptions import HTTPException
 
 if TYPE_CHECKING:
     from litestar import Request
-    from litestar.types import Scope
+    from litestar.datastructures import State
 
 log = logging.getLogger("inferloop.gateway")
 BODY_TOO_LARGE = "request body is larger than the configured limit (--max-body-bytes)"
@@ -88,8 +89,9 @@ def message_for(exc: BaseException, status: int) -> str:
     return str(exc)
 
 
-def error_parts(exc: BaseException, scope: Scope) -> tuple[int, dict[str, str], bytes]:
-    """Status, headers and body of the answer to `exc`, raised while serving `scope`."""
+def error_parts(exc: BaseException, scope: Mapping[str, Any]) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and body of the answer to `exc`, raised while serving `scope` (an ASGI scope, or
+    the method/path/headers mapping the inference routes build)."""
     status = status_for(exc)
     if status == 500 and not isinstance(exc, InferenceFailed):
         log.error("unhandled error on %s %s", scope.get("method"), scope.get("path"), exc_info=exc)
@@ -105,7 +107,7 @@ def error_parts(exc: BaseException, scope: Scope) -> tuple[int, dict[str, str], 
     return status, headers, encode({"error": message_for(exc, status)})
 
 
-def error_response(request: Request, exc: Exception) -> Response[bytes]:
+def error_response(request: Request[Any, Any, State], exc: Exception) -> Response[bytes]:
     """Litestar exception handler for every exception type."""
     status, headers, body = error_parts(exc, request.scope)
     return Response(body, status_code=status, headers=headers, media_type="application/json")

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import itertools
 import os
-from typing import NamedTuple
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
 
 from inferloop.gateway.errors import InvalidInput, UnsupportedMediaType
 
@@ -27,18 +28,19 @@ class RequestHeaders(NamedTuple):
     content_length: int | None  # as declared; the server has checked it is a number
 
 
-def request_id_of(scope: dict) -> str:
+def request_id_of(scope: Mapping[str, Any]) -> str:
     """The id a handler settled on (kept in the scope), else the client's, else a new one; never raises."""
-    rid = scope.get("inferloop.request_id")
+    rid: str | None = scope.get("inferloop.request_id")  # set by our handlers: a str
     if rid is None:
-        for key, value in scope.get("headers", ()):
+        headers: Iterable[tuple[bytes, bytes]] = scope.get("headers", ())
+        for key, value in headers:
             if key == b"x-request-id" and len(value) <= MAX_REQUEST_ID and value.isascii():
                 return value.decode("ascii")
         rid = new_request_id()
     return rid
 
 
-def read_headers(scope_headers: list[tuple[bytes, bytes]]) -> RequestHeaders:
+def read_headers(scope_headers: Iterable[tuple[bytes, bytes]]) -> RequestHeaders:
     request_id = content_type = header_length = authorization = content_length = None
     for key, value in scope_headers:
         if key == b"x-request-id":

@@ -39,6 +39,7 @@ log = logging.getLogger("inferloop.gateway")
 if TYPE_CHECKING:
     from inferloop.gateway.transport.headers import RequestHeaders
     from inferloop.gateway.transport.inference import InferenceRoutes, Reply, Route
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 
 class _NoEvent:
@@ -172,10 +173,12 @@ class FastCycle:
         protocol.on_response_complete()
 
 
-class InferenceHttpProtocol(HttpToolsProtocol):
+# uvicorn is not followed (follow_imports=skip in pyproject), so its protocol class is Any to mypy.
+class InferenceHttpProtocol(HttpToolsProtocol):  # type: ignore[misc]
     """`HttpToolsProtocol` that answers plain inference requests itself (see the module docstring)."""
 
     routes: InferenceRoutes  # set on the subclass `protocol_for` makes
+    cycle: RequestResponseCycle | FastCycle | None  # uvicorn's current cycle, or ours for a fast request
 
     def on_headers_complete(self) -> None:
         parser = self.parser
@@ -199,12 +202,12 @@ class InferenceHttpProtocol(HttpToolsProtocol):
         previous = self.cycle
         cycle = FastCycle(self, route, name, path, self.headers,
                           parser.get_http_version() != "1.0" and parser.should_keep_alive(), declared)
-        self.cycle = cycle  # type: ignore[assignment]
+        self.cycle = cycle
         if previous is None or previous.response_complete:
             cycle.begin()
         else:  # pipelined behind a request not answered yet: uvicorn starts it in order
             self.flow.pause_reading()
-            self.pipeline.appendleft((cycle, None))  # type: ignore[arg-type]
+            self.pipeline.appendleft((cycle, None))
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
         if isinstance(cycle, FastCycle):

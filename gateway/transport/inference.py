@@ -17,7 +17,7 @@ By default most inference requests do not even reach ASGI: `inferloop.gateway.tr
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from inferloop.gateway.errors import MethodNotAllowed
@@ -32,6 +32,7 @@ from inferloop.gateway.transport.protocol import (
     encode_predict,
 )
 from inferloop.gateway.transport.request_body import receive_body
+from litestar.enums import ScopeType
 
 if TYPE_CHECKING:
     from inferloop.gateway.serving.batcher import Prediction
@@ -110,7 +111,7 @@ class InferenceRoutes:
         self.max_body = plane.settings.server.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] == ScopeType.HTTP:  # a str enum: equal to the server's "http"
             found = match(scope["path"])
             if found is not None:
                 route, name = found
@@ -123,11 +124,12 @@ class InferenceRoutes:
                 headers.append((b"content-type", reply.media))
                 headers.append((b"content-length", str(len(reply.body)).encode()))
                 await send({"type": "http.response.start", "status": reply.status, "headers": headers})
-                await send({"type": "http.response.body", "body": reply.body})
+                # litestar's HTTPResponseBodyEvent requires more_body; ASGI makes it optional (default False)
+                await send({"type": "http.response.body", "body": reply.body})  # type: ignore[arg-type]
                 return
         await self.fallback(scope, receive, send)
 
-    async def answer(self, route: Route, name: str, method: str, path: str, raw_headers: list[tuple[bytes, bytes]],
+    async def answer(self, route: Route, name: str, method: str, path: str, raw_headers: Iterable[tuple[bytes, bytes]],
                      read_body: Callable[[RequestHeaders], Awaitable[bytes]]) -> Reply:
         """Headers, model, body, decode, batch, encode, count: the shape of every inference request.
         Never raises: an error becomes its reply (`error_responses`)."""
@@ -149,13 +151,13 @@ class InferenceRoutes:
         return Reply(200, [(b"x-model-version", str(prediction.version).encode()),
                            (b"x-request-id", head.request_id.encode()), *extra_headers], media, payload)
 
-    def refuse(self, exc: BaseException, name: str, method: str, path: str, raw_headers: list[tuple[bytes, bytes]],
+    def refuse(self, exc: BaseException, name: str, method: str, path: str, raw_headers: Iterable[tuple[bytes, bytes]],
                request_id: str | None, started: float) -> Reply:
         """The error reply to an inference request, counted."""
-        scope = {"method": method, "path": path, "headers": raw_headers}
+        scope: dict[str, object] = {"method": method, "path": path, "headers": raw_headers}
         if request_id is not None:
             scope["inferloop.request_id"] = request_id
-        status, headers, payload = error_parts(exc, scope)  # type: ignore[arg-type]
+        status, headers, payload = error_parts(exc, scope)
         plane = self.plane
         plane.metrics.count_request(name if name in plane.models else UNKNOWN_MODEL, ROLE, status,
                                     time.perf_counter() - started)

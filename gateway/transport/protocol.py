@@ -14,7 +14,7 @@ softmax probabilities, regression: the raw value).
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import msgspec
 import numpy as np
@@ -102,6 +102,8 @@ class InferCall(NamedTuple):
     binary_output: bool
 
 
+_T = TypeVar("_T")
+
 _request = msgspec.json.Decoder(InferRequest)
 _flat_request = msgspec.json.Decoder(FlatRequest)
 _flat = msgspec.json.Decoder(list[float])
@@ -111,7 +113,7 @@ _records = msgspec.json.Decoder(PredictRecords)
 _encoder = msgspec.json.Encoder()
 
 
-def _decode(decoder: msgspec.json.Decoder, data: bytes | memoryview, what: str) -> Any:
+def _decode(decoder: msgspec.json.Decoder[_T], data: bytes | memoryview, what: str) -> _T:
     try:
         return decoder.decode(data)
     except msgspec.ValidationError as exc:
@@ -146,13 +148,14 @@ def decode_infer(body: bytes, header_length: int | None, sig: ModelSignature, ma
         fast = _decode_single_flat(body, sig, max_rows)
         if fast is not None:
             return fast
-    binary = b""
+    binary: bytes | memoryview = b""
+    header: bytes | memoryview = body  # the JSON part: the whole body unless binary tensors follow it
     if header_length is not None:
         if not 0 < header_length <= len(body):
             raise InvalidInput(f"Inference-Header-Content-Length {header_length} does not fit a body of "
                                f"{len(body)} bytes")
-        binary, body = memoryview(body)[header_length:], memoryview(body)[:header_length]
-    request: InferRequest = _decode(_request, body, "inference request")
+        binary, header = memoryview(body)[header_length:], memoryview(body)[:header_length]
+    request: InferRequest = _decode(_request, header, "inference request")
     if not request.inputs:
         raise InvalidInput("'inputs' is empty: send one tensor of shape [n, "
                            f"{sig.width}] or one tensor per feature")
@@ -315,7 +318,7 @@ def decode_predict(body: bytes, sig: ModelSignature, max_rows: int) -> np.ndarra
             raise InvalidInput(f"invalid predict request: {exc}") from None
         instances, records = _decode(_records, body, "predict request").instances, True
     except msgspec.DecodeError:
-        instances, records = _decode(_rows, body, "predict request"), False  # raises InvalidInput with a hint
+        instances, records = _decode(_rows, body, "predict request").instances, False  # raises InvalidInput with a hint
     check_row_count(len(instances), max_rows)
     if records:
         rows = _records_to_rows(instances, sig)

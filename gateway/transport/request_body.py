@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from inferloop.gateway.errors import BodyTooLarge, ClientDisconnected, RequestTimeout
 from litestar.exceptions import InternalServerException
@@ -35,7 +35,7 @@ async def receive_body(receive: Receive, limit: int, declared: int | None) -> by
     if declared is not None and declared > limit:
         raise BodyTooLarge(f"Content-Length {declared} is over the limit of {limit} bytes")
     message = await receive()
-    body = message.get("body", b"")
+    body = cast(bytes, message.get("body", b""))  # ASGI: an http.request body is bytes
     if message["type"] == "http.request" and not message.get("more_body", False) and len(body) <= limit:
         return body  # the common case: one message
     chunks = [body]
@@ -48,7 +48,7 @@ async def receive_body(receive: Receive, limit: int, declared: int | None) -> by
         if not message.get("more_body", False):
             return b"".join(chunks)
         message = await receive()
-        chunk = message.get("body", b"")
+        chunk = cast(bytes, message.get("body", b""))
         chunks.append(chunk)
         size += len(chunk)
 
