@@ -6,16 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 import uvicorn
-from inferloop.gateway.lifespan import (
-    batchers,
-    device_executors,
-    frozen_heap,
-    registry_client,
-    stages_and_pollers,
-)
-from inferloop.gateway.loop_lifespan import drift_watches, prediction_log, read_policies, shadow_mirrors
+from litestar import Litestar
+
+from inferloop.gateway.assembly import assemble
+from inferloop.gateway.lifespan import lifespans
 from inferloop.gateway.metrics import GatewayMetrics
-from inferloop.gateway.serving.dataplane import DataPlane
 from inferloop.gateway.serving.device import DeviceMemory
 from inferloop.gateway.settings import GatewaySettings
 from inferloop.gateway.transport.admin_auth import AdminGuard
@@ -23,21 +18,18 @@ from inferloop.gateway.transport.endpoints import build_routes
 from inferloop.gateway.transport.error_responses import error_response
 from inferloop.gateway.transport.inference import InferenceRoutes
 from inferloop.gateway.transport.request_body import BodyReader
-from litestar import Litestar
 
 
 def create_app(settings: GatewaySettings, *, memory: DeviceMemory | None = None) -> Litestar:
     """`memory` reports a device's free bytes; tests pass one with a small budget to exercise the
     memory-safe swap order on machines without a GPU."""
     metrics = GatewayMetrics()
-    plane = DataPlane(settings, metrics, memory or DeviceMemory())
-    plane.policies = read_policies(settings.drift.policies, settings.models)
+    plane, parts = assemble(settings, metrics, memory)
     metrics.add_live_state(plane.live_state)
     bodies = BodyReader(settings.server.body_timeout_s)
     app = Litestar(
         route_handlers=build_routes(plane, AdminGuard(settings.server.admin_token), bodies),
-        lifespan=[registry_client(plane), device_executors(plane), stages_and_pollers(plane), batchers(plane),
-                  prediction_log(plane), shadow_mirrors(plane), drift_watches(plane), frozen_heap(plane)],
+        lifespan=lifespans(plane, parts),
         exception_handlers={Exception: error_response},
         request_max_body_size=settings.server.max_body_bytes,
         openapi_config=None,
@@ -45,8 +37,8 @@ def create_app(settings: GatewaySettings, *, memory: DeviceMemory | None = None)
         debug=False,
     )
     app.state.plane = plane
-    # the inference routes answer before Litestar's router (see inferloop.gateway.transport.inference); Litestar still
-    # runs the lifespan and every other route
+    # the inference routes answer before Litestar's router (see inferloop.gateway.transport.inference);
+    # Litestar still runs the lifespan and every other route
     app.asgi_handler = app.state.inference = InferenceRoutes(plane, bodies, app.asgi_handler)
     return app
 

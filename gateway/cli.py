@@ -129,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
     AsyncRegistry.open(settings.registry.uri, s3_endpoint=settings.registry.s3_endpoint)  # a bad URI fails here
 
     import uvicorn
+
     from inferloop.gateway.app import create_app, uvicorn_config
     from inferloop.gateway.serving.device import DeviceUnavailable, resolve_device, return_large_frees_to_os
 

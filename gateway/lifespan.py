@@ -1,10 +1,13 @@
-"""Lifespan managers: one async context manager per resource, entered in this order and left in
-reverse (Litestar does both). Each one attaches what it starts to the `DataPlane` and undoes it:
+"""Lifespan managers: one async context manager per resource of an assembled gateway, entered in
+this order and left in reverse (Litestar does both):
 
-    registry client + event recorder → device executors → stages and pollers → batchers → heap freeze
+    registry check → pollers → batchers → prediction log → shadow mirrors and their evaluators
+    → drift watches and their timer → heap freeze
 
-Stopping therefore runs: unfreeze, batchers run what is queued, pollers are cancelled and awaited
-and every slot released, executor threads joined, pending audit events flushed, registry closed.
+Stopping therefore runs: unfreeze, drift deliveries cancelled, mirrors drain their queues, the
+prediction log flushes every record it accepted (so SIGTERM loses none), batchers run what is
+queued, pollers are cancelled and every slot released, executor threads joined, pending audit
+events flushed, registry closed.
 """
 
 from __future__ import annotations
@@ -17,63 +20,19 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING
 
-from inferloop.gateway.serving.batcher import MicroBatcher
-from inferloop.gateway.serving.blob_cache import BlobCache
-from inferloop.gateway.serving.dataplane import PRIMARY_STAGE, DataPlane, ServedModel
-from inferloop.gateway.serving.device import DeviceExecutor, resolve_device
-from inferloop.gateway.serving.events import EventRecorder
-from inferloop.gateway.serving.loader import SlotLoader
-from inferloop.gateway.serving.poller import StagePoller
-from inferloop.gateway.serving.stage import ModelStage
-from inferloop.registry import AsyncRegistry, Unavailable
+from inferloop.gateway.drift.watch import drift_timer
+from inferloop.gateway.serving.dataplane import SHADOW_STAGE, DataPlane
+from inferloop.gateway.shadow.mirror import auto_promote_loop
+from inferloop.registry import Unavailable
 
 if TYPE_CHECKING:
     from litestar import Litestar
 
+    from inferloop.gateway.assembly import GatewayParts
+
 log = logging.getLogger("inferloop.gateway")
 
 Lifespan = Callable[["Litestar"], AbstractAsyncContextManager[None]]
-
-
-def registry_client(plane: DataPlane) -> Lifespan:
-    @contextlib.asynccontextmanager
-    async def manage(_app: Litestar) -> AsyncIterator[None]:
-        cfg = plane.settings.registry
-        registry = AsyncRegistry.open(cfg.uri, s3_endpoint=cfg.s3_endpoint)
-        try:
-            await registry.check()
-        except Unavailable as exc:  # serve what can be loaded later; readiness reports the rest
-            log.error("registry %s is not reachable at start-up (%s); pollers will keep trying", cfg.uri, exc)
-        plane.registry = registry
-        plane.events = EventRecorder(registry)
-        try:
-            yield
-        finally:
-            await plane.events.aclose()
-            await registry.close()
-            plane.registry = plane.events = None
-
-    return manage
-
-
-def device_executors(plane: DataPlane) -> Lifespan:
-    @contextlib.asynccontextmanager
-    async def manage(_app: Litestar) -> AsyncIterator[None]:
-        runtime = plane.settings.runtime
-        plane.device = resolve_device(runtime.device)
-        plane.infer_executor = DeviceExecutor(plane.device, "infer", runtime.torch_threads)
-        plane.load_executor = DeviceExecutor(plane.device, "load", runtime.torch_threads)
-        log.info("serving on %s", plane.device)
-        try:
-            yield
-        finally:
-            for executor in (plane.infer_executor, plane.load_executor):
-                await asyncio.to_thread(executor.shutdown)
-
-    return manage
-
-
-SHADOW_STAGE = "shadow"
 
 
 async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
@@ -83,27 +42,41 @@ async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def stages_and_pollers(plane: DataPlane) -> Lifespan:
-    """One `ModelStage` and one `StagePoller` task per (model, stage): production, and shadow when
-    shadow traffic is on (same load/verify/swap path; no standby cache, a shadow is rarely swapped back)."""
+def lifespans(plane: DataPlane, parts: GatewayParts) -> list[Lifespan]:
+    return [registry_and_executors(plane, parts), pollers(plane), batchers(plane), prediction_log(parts),
+            shadow_mirrors(plane, parts), drift_watches(plane, parts), frozen_heap(plane)]
+
+
+def registry_and_executors(plane: DataPlane, parts: GatewayParts) -> Lifespan:
+    @contextlib.asynccontextmanager
+    async def manage(_app: Litestar) -> AsyncIterator[None]:
+        try:
+            await plane.registry.check()
+        except Unavailable as exc:  # serve what can be loaded later; readiness reports the rest
+            log.error("registry %s is not reachable at start-up (%s); pollers will keep trying",
+                      plane.registry.uri, exc)
+        log.info("serving on %s", plane.device)
+        try:
+            yield
+        finally:
+            executors = [parts.infer_executor, parts.load_executor, parts.shadow_executor]
+            for executor in executors:
+                if executor is not None:
+                    await asyncio.to_thread(executor.shutdown)
+            await plane.events.aclose()
+            await plane.registry.close()
+
+    return manage
+
+
+def pollers(plane: DataPlane) -> Lifespan:
+    """One poller task per (model, stage); on the way out every slot is released."""
 
     @contextlib.asynccontextmanager
     async def manage(_app: Litestar) -> AsyncIterator[None]:
-        assert plane.registry is not None and plane.events is not None and plane.load_executor is not None
-        settings = plane.settings
-        blobs = BlobCache(plane.registry, settings.runtime.cache_dir, settings.runtime.cache_max_bytes)
-        loader = SlotLoader(blobs, plane.load_executor, plane.device)
-        tasks: list[asyncio.Task[None]] = []
-        for name in dict.fromkeys(settings.models):  # a name given twice is served once
-            model = plane.models.setdefault(name, ServedModel(name, policy=plane.policies.get(name)))
-            for stage_name in (PRIMARY_STAGE, SHADOW_STAGE) if settings.shadow.enabled else (PRIMARY_STAGE,):
-                stage = ModelStage(name, stage_name, registry=plane.registry, loader=loader, memory=plane.memory,
-                                   events=plane.events, metrics=plane.metrics,
-                                   cache_versions=settings.runtime.cache_versions if stage_name == PRIMARY_STAGE else 0,
-                                   headroom_bytes=settings.runtime.load_headroom_bytes)
-                poller = StagePoller(plane.registry, stage, settings.registry, plane.metrics)
-                model.stages[stage_name], model.pollers[stage_name] = stage, poller
-                tasks.append(asyncio.get_running_loop().create_task(poller.run(), name=f"poll-{name}-{stage_name}"))
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(poller.run(), name=f"poll-{name}-{stage}")
+                 for name, model in plane.models.items() for stage, poller in model.pollers.items()]
         try:
             yield
         finally:
@@ -111,7 +84,6 @@ def stages_and_pollers(plane: DataPlane) -> Lifespan:
             for model in plane.models.values():
                 for stage in model.stages.values():
                     await stage.close()
-            plane.models.clear()
 
     return manage
 
@@ -119,16 +91,79 @@ def stages_and_pollers(plane: DataPlane) -> Lifespan:
 def batchers(plane: DataPlane) -> Lifespan:
     @contextlib.asynccontextmanager
     async def manage(_app: Litestar) -> AsyncIterator[None]:
-        assert plane.infer_executor is not None
         for model in plane.models.values():
-            model.batcher = MicroBatcher(model.primary, plane.infer_executor, plane.settings.batching, plane.metrics)
             model.batcher.start()
         try:
             yield
         finally:
             for model in plane.models.values():
-                if model.batcher is not None:
-                    await model.batcher.stop()
+                await model.batcher.stop()
+
+    return manage
+
+
+def prediction_log(parts: GatewayParts) -> Lifespan:
+    @contextlib.asynccontextmanager
+    async def manage(_app: Litestar) -> AsyncIterator[None]:
+        if parts.prediction_log is not None:
+            parts.prediction_log.start()
+        try:
+            yield
+        finally:
+            if parts.prediction_log is not None:
+                await parts.prediction_log.close()
+
+    return manage
+
+
+def shadow_mirrors(plane: DataPlane, parts: GatewayParts) -> Lifespan:
+    """Each mirror observes its model's primary batches, and an evaluator publishes its report (and
+    promotes on evidence when the policy says so)."""
+
+    @contextlib.asynccontextmanager
+    async def manage(_app: Litestar) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        tasks: list[asyncio.Task[None]] = []
+        detach: list[Callable[[], None]] = []
+        for mirror in parts.mirrors:
+            model = plane.models[mirror.model]
+            mirror.start()
+            detach.append(plane.observe(mirror.model, mirror))
+            tasks.append(loop.create_task(
+                auto_promote_loop(mirror, plane.registry, plane.events, model.pollers[SHADOW_STAGE],
+                                  model.pollers[model.primary.stage], plane.settings.shadow.evaluate_interval_s),
+                name=f"shadow-eval-{mirror.model}"))
+        try:
+            yield
+        finally:
+            await cancel_all(tasks)
+            for remove in detach:
+                remove()
+            for mirror in parts.mirrors:
+                await mirror.stop()
+
+    return manage
+
+
+def drift_watches(plane: DataPlane, parts: GatewayParts) -> Lifespan:
+    @contextlib.asynccontextmanager
+    async def manage(_app: Litestar) -> AsyncIterator[None]:
+        detach = [plane.observe(watch.model, watch) for watch in parts.watches]
+        timer = None
+        if parts.watches:
+            timer = asyncio.get_running_loop().create_task(
+                drift_timer(parts.watches, plane.settings.drift.evaluate_interval_s), name="drift-timer")
+        try:
+            yield
+        finally:
+            if timer is not None:
+                await cancel_all([timer])
+            for remove in detach:
+                remove()
+            for watch in parts.watches:
+                await watch.close()
+            if parts.drift_http is not None:
+                await parts.drift_http.aclose()
 
     return manage
 

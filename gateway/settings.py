@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import msgspec
+
 from inferloop.registry import DEFAULT_REGISTRY_URI
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import httpx
 import uvicorn
+
 from inferloop.gateway.app import create_app, uvicorn_config
 from inferloop.gateway.serving.device import DeviceMemory
 from inferloop.gateway.settings import (

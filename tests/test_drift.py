@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from inferloop.gateway.drift.monitor import DriftMonitor, noise_floor, psi
-from inferloop.registry.reference import reference_stats
 
+from inferloop.gateway.drift.monitor import DriftMonitor, noise_floor, psi
 from inferloop.policy import MonitorMethods, MonitorPolicy, PsiMethod
+from inferloop.registry.reference import reference_stats
 
 FEATURES = [f"f{i}" for i in range(8)]
 

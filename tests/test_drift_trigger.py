@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
-from inferloop.gateway.drift.trigger import TriggerPayload, deliver
 
+from inferloop.gateway.drift.trigger import TriggerPayload, deliver
 from inferloop.policy import TriggerPolicy
 
 from .conftest import free_port

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from inferloop.registry import Registry
 
 from .fault_harness import ROW, Load, ServeProcess, metric, running

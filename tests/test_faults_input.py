@@ -24,14 +24,15 @@ import pytest
 import schemathesis
 import torch
 from hypothesis import HealthCheck, settings
-from inferloop.registry import Registry, UnsupportedArtifact
-from inferloop.registry.manifest import ArtifactInfo
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
+
+from inferloop.registry import Registry, UnsupportedArtifact
+from inferloop.registry.manifest import ArtifactInfo
 
 from .fault_harness import ROW, ServeProcess, metric
 from .gateway_harness import AUTH, eventually, infer_body

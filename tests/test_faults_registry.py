@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import boto3
-from inferloop.registry import Registry
 
+from inferloop.registry import Registry
 from tests.conftest import MotoServer
 
 from .fault_harness import Load, ServeProcess, metric, running

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from inferloop.registry import Registry
 
 from .conftest import free_port

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from inferloop.registry import Registry
 
+from inferloop.registry import Registry
 from tests.gateway_harness import AUTH, ThreadedGateway, settings_for
 from tests.helpers import register_tiny
 
@@ -118,3 +118,27 @@ def test_malformed_admin_bodies_are_400(tmp_path: Path, body: bytes) -> None:
     with ThreadedGateway(settings_for(uri, [MODEL], tmp_path)) as gw:
         r = gw.client.post(f"/admin/models/{MODEL}/promote", content=body, headers=AUTH)
         assert r.status_code == 400 and "invalid admin request" in r.json()["error"], r.text
+
+
+def test_with_shadow_and_drift_off_their_endpoints_say_so_and_record_nothing(tmp_path: Path) -> None:
+    """Observed: a gateway started with shadow traffic and drift monitoring off answers the shadow
+    report, the sampling change and the drift state with 503 and a message naming the disabled
+    feature; the sampling change writes no audit event; inference and the status page still work."""
+    uri = f"file://{tmp_path / 'registry'}"
+    with Registry.open(uri) as reg:
+        reg.promote(MODEL, register_tiny(reg, MODEL, seed=1), "production")
+    settings = settings_for(uri, [MODEL], tmp_path, shadow={"enabled": False}, drift={"enabled": False})
+    with ThreadedGateway(settings) as gw:
+        gw.wait_ready()
+        for method, path, body, words in [
+                ("GET", f"/admin/models/{MODEL}/shadow", None, "shadow traffic is disabled"),
+                ("POST", f"/admin/models/{MODEL}/shadow", {"sample_rate": 0.5}, "shadow traffic is disabled"),
+                ("GET", f"/admin/models/{MODEL}/drift", None, "drift monitoring is disabled")]:
+            r = gw.client.request(method, path, json=body, headers=AUTH)
+            assert r.status_code == 503 and words in r.json()["error"], r.text
+        assert gw.client.post(f"/v2/models/{MODEL}/infer", json={"inputs": [
+            {"name": "input", "shape": [1, 8], "datatype": "FP32", "data": [0.0] * 8}]}).status_code == 200
+        assert gw.status(MODEL)["batching"]["observers"] == []
+        assert "inferloop_feature_bin_total" not in gw.client.get("/metrics").text
+    with Registry.open(uri) as reg:
+        assert [e for e in reg.history(MODEL, limit=100) if e.kind == "sampling_changed"] == []

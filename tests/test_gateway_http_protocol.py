@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from inferloop.registry import Registry
 
+from inferloop.registry import Registry
 from tests.gateway_harness import ThreadedGateway, eventually, infer_body, settings_for
 from tests.helpers import register_tiny
 
@@ -137,22 +137,37 @@ def test_a_body_over_the_limit_mid_stream_gets_413_and_a_closed_connection(gatew
         assert _closed(sock)
 
 
+def _accepting(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
 def test_stopping_the_server_mid_request_still_answers_it(registry_uri: tuple[str, int, Path]) -> None:
     """Graceful shutdown waits for an inference request in flight in the protocol path; the answer
-    carries `Connection: close`."""
+    carries `Connection: close`. The request is held in flight by occupying the device thread until
+    the server has stopped accepting connections."""
     uri, version, tmp = registry_uri
-    gw = ThreadedGateway(settings_for(uri, [MODEL], tmp, batching={"max_delay_ms": 1500, "max_batch_size": 64}))
+    gw = ThreadedGateway(settings_for(uri, [MODEL], tmp))
     with gw:
         gw.wait_serving(MODEL, version)
         result: dict[str, httpx.Response] = {}
+        batcher = gw.plane.models[MODEL].batcher
+        gate = threading.Event()
+        held = batcher.executor.submit(gate.wait)
 
-        def call() -> None:  # waits ~1.5 s in the batcher for company that never comes
+        def call() -> None:
             with httpx.Client(timeout=30) as client:
                 result["r"] = client.post(f"{gw.url}/v2/models/{MODEL}/infer", json=infer_body([ROW]))
 
         thread = threading.Thread(target=call)
         thread.start()
-        eventually(lambda: gw.plane.models[MODEL].batcher.queued_rows == 1, 10, "the request to queue")
+        eventually(lambda: batcher.in_flight, 10, "the request to wait for the device")
         gw.server.should_exit = True
+        eventually(lambda: not _accepting(int(gw.url.rsplit(":", 1)[1])), 10, "the server to stop accepting connections")
+        gate.set()
+        held.result(30)
         thread.join(30)
     assert result["r"].status_code == 200 and result["r"].headers.get("connection") == "close"

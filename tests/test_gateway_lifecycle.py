@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+
 from inferloop.gateway.errors import ModelNotReady
 from inferloop.gateway.metrics import GatewayMetrics
 from inferloop.gateway.serving.batcher import MicroBatcher
@@ -25,7 +26,6 @@ from inferloop.gateway.serving.slot import SlotState
 from inferloop.gateway.serving.stage import ModelStage
 from inferloop.gateway.settings import BatchingSettings
 from inferloop.registry import AsyncRegistry, Registry, VersionManifest
-
 from tests.gateway_harness import AUTH, TOKEN, GatewayProcess, eventually, infer_body
 from tests.helpers import register_tiny
 

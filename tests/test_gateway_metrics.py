@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from inferloop.gateway.metrics import LATENCY_BUCKETS, RequestMetrics, _Durations
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+from inferloop.gateway.metrics import LATENCY_BUCKETS, RequestMetrics, _Durations
 
 
 def _samples(text: bytes, prefix: str) -> list[str]:

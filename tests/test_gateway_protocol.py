@@ -9,8 +9,8 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from inferloop.registry import Registry
 
+from inferloop.registry import Registry
 from tests.gateway_harness import AUTH, ThreadedGateway, infer_body, settings_for
 from tests.helpers import register_tiny
 

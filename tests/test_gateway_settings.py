@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-from inferloop.gateway.settings import GatewaySettings, SettingsError, resolve_settings
 
 from inferloop.cli import main
+from inferloop.gateway.settings import GatewaySettings, SettingsError, resolve_settings
 
 
 def test_defaults_when_nothing_is_given() -> None:

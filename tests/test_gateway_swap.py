@@ -14,10 +14,10 @@ import httpx
 import numpy as np
 import pytest
 import torch
+
 from inferloop.registry import Registry
 from inferloop.registry.artifact import FORMAT, save_module
 from inferloop.registry.manifest import ArtifactInfo, ModelSpec
-
 from tests.conftest import MotoServer
 from tests.gateway_harness import (
     AUTH,
@@ -245,10 +245,11 @@ def test_batched_answers_match_single_row_answers(tmp_path: Path) -> None:
     rows = np.random.default_rng(3).normal(size=(48, 8)).astype(np.float32)
     with torch.inference_mode():
         expected = module(torch.from_numpy(rows)).numpy()[:, 0]
-    settings = settings_for(uri, [MODEL], tmp_path, batching={"max_delay_ms": 100.0, "max_batch_size": 64})
+    settings = settings_for(uri, [MODEL], tmp_path, batching={"max_batch_size": 64})
     with ThreadedGateway(settings) as gw:
         gw.wait_serving(MODEL, v1)
         results: dict[int, float] = {}
+        batcher = gw.plane.models[MODEL].batcher
 
         def send(i: int) -> None:
             with httpx.Client(base_url=gw.url, timeout=30) as c:
@@ -256,14 +257,20 @@ def test_batched_answers_match_single_row_answers(tmp_path: Path) -> None:
                 results[i] = r.json()["outputs"][0]["data"][0]
 
         threads = [threading.Thread(target=send, args=(i,)) for i in range(len(rows))]
+        gate = threading.Event()
+        held = batcher.executor.submit(gate.wait)  # the device is busy while they all arrive
         for t in threads:
             t.start()
+        eventually(lambda: batcher.queued_requests == len(rows) - 1, 30, "the requests to queue")
+        before = batcher.batches
+        gate.set()
+        held.result(30)
         for t in threads:
             t.join(30)
-        batches = gw.plane.models[MODEL].batcher.batches
+        batches = batcher.batches - before
     got = np.array([results[i] for i in range(len(rows))])
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)  # batched math differs by ~1e-7
-    assert batches < len(rows)  # they really were batched
+    assert batches == 2  # they really were batched: the one waiting for the device, then the other 47
 
 
 def test_a_vanished_pointer_does_not_unload_production(tmp_path) -> None:

@@ -6,9 +6,8 @@ with zero failed requests."""
 
 from __future__ import annotations
 
-from inferloop.registry import Registry
-
 from inferloop.demo import DemoConfig, run_demo
+from inferloop.registry import Registry
 
 
 def _check(result, registry: str, s3_endpoint: str | None = None) -> None:

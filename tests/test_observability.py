@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+
 from inferloop.registry import MLP, Registry
 from inferloop.trainer.app import create_app as create_trainer_app
 from inferloop.trainer.service import ServiceSettings, TrainerService

@@ -7,6 +7,7 @@ import json
 import time
 
 import pytest
+
 from inferloop.gateway.shadow.prediction_log import LocalDirSink, PredictionLog, PredictionRecord, StoreSink
 from inferloop.registry.store import open_store
 

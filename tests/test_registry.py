@@ -8,6 +8,7 @@ import os
 
 import pytest
 import torch
+
 from inferloop.registry import (
     AsyncRegistry,
     Conflict,

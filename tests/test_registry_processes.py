@@ -11,6 +11,7 @@ import sys
 import textwrap
 
 import pytest
+
 from inferloop.registry import Registry
 
 from .helpers import register_tiny

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from inferloop.gateway.shadow.report import ShadowComparison, wilson_interval
 from scipy import stats
 
+from inferloop.gateway.shadow.report import ShadowComparison, wilson_interval
 from inferloop.policy import ShadowPolicy as ShadowRules
 
 

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
+
 from inferloop.gateway.settings import GatewaySettings
 from inferloop.registry import MLP, Registry
 
@@ -73,7 +74,7 @@ def test_every_mirrored_request_gives_one_joined_record(registry_with_pair, tmp_
     with ThreadedGateway(settings) as gw:
         _wait_shadow(gw, 2)
         answers = _send(gw, rows, "req")
-        mirror = gw.plane.models["m"].mirror
+        mirror = gw.plane.models["m"].shadow
         eventually(lambda: mirror.mirrored == 300, what="all mirrored")
         report = gw.client.get("/admin/models/m/shadow", headers=AUTH).json()
         metrics = gw.client.get("/metrics").text
@@ -108,7 +109,7 @@ def test_a_failing_shadow_changes_no_primary_response(tmp_path, kind) -> None:
     with ThreadedGateway(settings) as gw:
         _wait_shadow(gw, bad)
         answers = _send(gw, rows, kind)
-        mirror = gw.plane.models["m"].mirror
+        mirror = gw.plane.models["m"].shadow
         reason = "exception" if kind == "raises" else "non_finite"
         eventually(lambda: mirror.errors.get(reason, 0) == 200, what="errors counted")
         metrics = gw.client.get("/metrics").text
@@ -124,7 +125,7 @@ def test_budget_drops_and_counts_instead_of_slowing_the_primary(registry_with_pa
     settings = settings_for(uri, ["m"], tmp_path, shadow={"budget": 0.001})
     with ThreadedGateway(settings) as gw:
         _wait_shadow(gw, 2)
-        mirror = gw.plane.models["m"].mirror
+        mirror = gw.plane.models["m"].shadow
         mirror.budget.burst_s = 0.0  # no allowance: the budget alone decides
         _send(gw, _rows(300, seed=4), "b")
         eventually(lambda: mirror.mirrored + sum(mirror.dropped.values()) == 300, what="all accounted")
@@ -142,7 +143,7 @@ def test_sampling_is_deterministic_by_request_id_and_changeable_at_run_time(regi
         assert gw.client.post("/admin/models/m/shadow", json={"sample_rate": 2}, headers=AUTH).status_code == 400
         assert gw.client.post("/admin/models/m/shadow", json={"sample_rate": 0.1}).status_code in (401, 403)
         sent = _send(gw, _rows(400, seed=5), "s")
-        mirror = gw.plane.models["m"].mirror
+        mirror = gw.plane.models["m"].shadow
         chosen = {rid for rid in sent if zlib.crc32(rid.encode()) < 0.5 * 2**32}
         eventually(lambda: mirror.mirrored == len(chosen), what="sampled requests mirrored")
     mirrored = {json.loads(x)["request_id"] for f in logdir.rglob("*.jsonl") for x in f.read_text().splitlines()}
@@ -173,7 +174,7 @@ def test_auto_promotion_fires_once_after_min_requests(registry_with_pair, tmp_pa
                                      max_p99_latency_ratio=1000.0, auto_promote=True)
     with ThreadedGateway(settings) as gw:
         _wait_shadow(gw, 2)
-        mirror = gw.plane.models["m"].mirror
+        mirror = gw.plane.models["m"].shadow
         _send(gw, _rows(150, seed=6), "early")
         eventually(lambda: mirror.mirrored == 150, what="mirrored")
         eventually(lambda: (rep := mirror.current_report()) is not None and rep.failing == ["min_requests"],
@@ -196,7 +197,7 @@ def test_a_failing_rule_blocks_promotion_and_the_report_says_which(registry_with
     with ThreadedGateway(settings) as gw:
         _wait_shadow(gw, 2)
         _send(gw, _rows(120, seed=8), "f")
-        mirror = gw.plane.models["m"].mirror
+        mirror = gw.plane.models["m"].shadow
         eventually(lambda: mirror.mirrored == 120, what="mirrored")
         report = gw.client.get("/admin/models/m/shadow", headers=AUTH).json()["report"]
         assert report["failing"] == ["max_prediction_psi"] and not report["rules_met"]

@@ -10,12 +10,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
+from inferloop.policy import DataSource
 from inferloop.registry.lineage import file_digest
 from inferloop.trainer.data import holdout_split, load_dataset, resolve_window
 from inferloop.trainer.errors import DataError
 from inferloop.trainer.synthetic import REGRESSION_FEATURES, generate
-
-from inferloop.policy import DataSource
 
 from .trainer_support import run_cli
 

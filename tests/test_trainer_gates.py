@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from inferloop.trainer import metrics
-from inferloop.trainer.gates import ComparedModel, evaluate
 from scipy import stats
 
 from inferloop.policy import parse_policy
+from inferloop.trainer import metrics
+from inferloop.trainer.gates import ComparedModel, evaluate
 
 
 def test_regression_metrics() -> None:

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+
 from inferloop.registry import Registry
 from inferloop.registry.lineage import file_digest
 from inferloop.trainer import metrics

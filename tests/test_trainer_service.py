@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+
 from inferloop.registry import Registry
 from inferloop.trainer.app import create_app
 from inferloop.trainer.jobs import Job, JobStore, RequestRecord, RetrainRequest, new_job_id

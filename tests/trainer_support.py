@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from inferloop.trainer.synthetic import CLASSIFICATION_FEATURES, REGRESSION_FEATURES, generate
 
 from inferloop.cli import main as cli_main
+from inferloop.trainer.synthetic import CLASSIFICATION_FEATURES, REGRESSION_FEATURES, generate
 
 from .gateway_harness import eventually as wait_for  # the one polling helper, under its old name
 

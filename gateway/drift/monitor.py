@@ -17,13 +17,14 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections.abc import Callable
 from typing import Literal
 
 import msgspec
 import numpy as np
-from inferloop.registry.manifest import ReferenceStats
 
 from inferloop.policy import MonitorPolicy
+from inferloop.registry.manifest import ReferenceStats
 
 SMOOTHING = 0.5
 FOLD_ROWS = 1024  # rows held before they are binned (see DriftMonitor.observe)
@@ -41,7 +42,8 @@ def smoothed_expected(expected_fractions: np.ndarray, expected_total: int) -> np
     """Reference fractions with the same +0.5 smoothing; exported as
     `inferloop_feature_reference_fraction` so a PromQL rule reproduces `psi` exactly."""
     e = np.asarray(expected_fractions, dtype=np.float64) * max(expected_total, 1)
-    return (e + SMOOTHING) / (e.sum() + SMOOTHING * e.size)
+    smoothed: np.ndarray = (e + SMOOTHING) / (e.sum() + SMOOTHING * e.size)
+    return smoothed
 
 
 def noise_floor(bins: int, n: int, m: int) -> float:
@@ -88,7 +90,7 @@ class DriftMonitor:
     """
 
     def __init__(self, reference: ReferenceStats, config: MonitorPolicy, *, reference_version: int | None = None,
-                 clock=time.time) -> None:
+                 clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.threshold = config.methods.psi.threshold
         self.exit_level = config.methods.psi.exit_level

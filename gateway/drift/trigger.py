@@ -18,6 +18,7 @@ import logging
 import os
 import random
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -110,7 +111,7 @@ async def send_once(client: httpx.AsyncClient, policy: TriggerPolicy, payload: T
 
 async def deliver(client: httpx.AsyncClient, policy: TriggerPolicy, payload: TriggerPayload, *,
                   initial_backoff: float = 1.0, max_backoff: float = 60.0, max_elapsed: float = 1800.0,
-                  sleep=asyncio.sleep) -> TriggerOutcome:
+                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> TriggerOutcome:
     """Send with retries; returns when delivered, on a permanent failure, or after `max_elapsed`."""
     started = time.monotonic()
     backoff = initial_backoff

@@ -16,16 +16,17 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+
 from inferloop.gateway.drift.monitor import DriftMonitor, WindowResult, smoothed_expected
 from inferloop.gateway.drift.trigger import TriggerOutcome, TriggerPayload, deliver
 
 if TYPE_CHECKING:
     import httpx
+
     from inferloop.gateway.metrics import GatewayMetrics
     from inferloop.gateway.serving.batcher import CompletedBatch
     from inferloop.gateway.serving.events import EventRecorder
     from inferloop.gateway.serving.stage import ModelStage
-
     from inferloop.policy import MonitorPolicy
 
 log = logging.getLogger("inferloop.drift")

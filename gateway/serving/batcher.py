@@ -1,9 +1,13 @@
 """`MicroBatcher`: many small requests for one model become one forward pass.
 
-A batch runs when it holds `max_batch_size` rows or its first request has waited `max_delay_ms`;
-while a batch runs on the device thread, the next one fills, so under load batches grow by
-themselves. Each batch takes the stage's `current` slot once, marks itself in flight on it, and
-answers every request with that slot's version: a swap between batches is invisible to requests.
+Work-conserving: when the device thread is free, queued requests run at once as one batch (up to
+`max_batch_size` rows); while a batch runs, the next one fills, so batches grow exactly as fast as
+load does and a lone client never waits for company that cannot come. A batch is held back only
+when `BatchWait`'s measurements say the wait pays (rows keep arriving during forwards, and the wait
+is shorter than the fixed cost per forward it saves), and never longer than `max_delay_ms`.
+
+Each batch takes the stage's `current` slot once, marks itself in flight on it, and answers every
+request with that slot's version: a swap between batches is invisible to requests.
 
 Observer hook (drift counting, shadow mirroring):
 
@@ -22,12 +26,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import numpy as np
+
 from inferloop.gateway.errors import InferenceFailed, InvalidInput, ModelNotReady
+from inferloop.gateway.serving.batch_wait import BatchWait
+from inferloop.gateway.serving.work_queue import WorkQueue
 
 if TYPE_CHECKING:
     from inferloop.gateway.metrics import GatewayMetrics
@@ -62,13 +68,16 @@ class Prediction(NamedTuple):
 
 
 class _Pending:
-    __slots__ = ("arrived", "future", "request_id", "rows")
+    __slots__ = ("future", "request_id", "rows")
 
-    def __init__(self, rows: np.ndarray, future: asyncio.Future[Prediction], request_id: str, arrived: float) -> None:
+    def __init__(self, rows: np.ndarray, future: asyncio.Future[Prediction], request_id: str) -> None:
         self.rows = rows
         self.future = future
         self.request_id = request_id
-        self.arrived = arrived
+
+
+def _rows(item: _Pending) -> int:
+    return len(item.rows)
 
 
 def _forward(slot: ModelSlot, parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -85,82 +94,69 @@ class MicroBatcher:
         self.role = role
         self.observers: list[BatchObserver] = []
         self.metrics = metrics
-        self._max_rows = settings.max_batch_size
-        self._delay = settings.max_delay_ms / 1000.0
-        self._queue: deque[_Pending] = deque()
+        self.wait = BatchWait(settings.max_delay_ms / 1000.0)
+        self._queue: WorkQueue[_Pending] = WorkQueue(f"batcher-{stage.name}", _rows, settings.max_batch_size)
         self._observer_logged: dict[str, float] = {}
-        self.queued_rows = 0
-        self._wake = asyncio.Event()
         self._full = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
+        self._in_flight = False
+        self._arrived_in_flight = 0  # rows queued while the current forward runs
         self._inference_hist = metrics.inference_duration.labels(stage.name, role)
         self._batch_hist = metrics.batch_size.labels(stage.name)
         self.batches = 0
 
+    @property
+    def queued_rows(self) -> int:
+        return self._queue.queued_rows
+
+    @property
+    def queued_requests(self) -> int:
+        return len(self._queue)
+
+    @property
+    def in_flight(self) -> bool:
+        """A forward of this batcher is running on the device thread."""
+        return self._in_flight
+
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
-        if self.settings.enabled and self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._worker(), name=f"batcher-{self.stage.name}")
+        if self.settings.enabled:
+            self._queue.start(self._run, on_error=self._internal_error, gather=self._gather)
 
     async def stop(self) -> None:
         """Run what is queued, then stop."""
-        self._closing = True
-        self._wake.set()
         self._full.set()
-        if self._task is not None:
-            await self._task
-            self._task = None
+        await self._queue.stop()
 
     # -- requests -----------------------------------------------------------------------------
     async def submit(self, rows: np.ndarray, request_id: str) -> Prediction:
         """Queue `rows` (float32, C-contiguous, (n, features)); resolves with this request's outputs."""
-        loop = asyncio.get_running_loop()
-        pending = _Pending(rows, loop.create_future(), request_id, loop.time())
-        if self._task is None:  # batching off (or stopped): run alone, still off the event loop
-            if self._closing and self.settings.enabled:
+        pending = _Pending(rows, asyncio.get_running_loop().create_future(), request_id)
+        queue = self._queue
+        if not queue.running:  # batching off (or stopped): run alone, still off the event loop
+            if queue.closing and self.settings.enabled:
                 raise ModelNotReady(f"model {self.stage.name!r} is shutting down")
             await self._run([pending])
             return pending.future.result()
-        if not self._queue:
-            self._wake.set()
-        self._queue.append(pending)
-        self.queued_rows += len(rows)
-        if self.queued_rows >= self._max_rows:
+        queue.put(pending)
+        if self._in_flight:
+            self._arrived_in_flight += len(rows)
+        if queue.queued_rows >= queue.max_rows:
             self._full.set()
         return await pending.future
 
-    async def _worker(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            if not self._queue:
-                if self._closing:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            remaining = self._queue[0].arrived + self._delay - loop.time()
-            if remaining > 0 and self.queued_rows < self._max_rows and not self._closing:
-                self._full.clear()
-                timer = loop.call_later(remaining, self._full.set)
-                await self._full.wait()
-                timer.cancel()
-            batch = self._take()
-            try:
-                await self._run(batch)
-            except Exception:  # noqa: BLE001 - the worker must survive anything one batch does
-                log.exception("batch for %s failed unexpectedly", self.stage.name)
-                self._fail(batch, InferenceFailed("internal error while running the batch"))
+    async def _gather(self) -> None:
+        """Hold the batch back while `BatchWait` says company is coming (see the module docstring)."""
+        wait = self.wait.seconds()
+        if wait <= 0.0 or self._queue.queued_rows >= self._queue.max_rows:
+            return
+        self._full.clear()
+        try:
+            await asyncio.wait_for(self._full.wait(), wait)
+        except TimeoutError:
+            pass
 
-    def _take(self) -> list[_Pending]:
-        batch = [self._queue.popleft()]
-        rows = len(batch[0].rows)
-        while self._queue and rows + len(self._queue[0].rows) <= self._max_rows:
-            item = self._queue.popleft()
-            rows += len(item.rows)
-            batch.append(item)
-        self.queued_rows -= rows
-        return batch
+    def _internal_error(self, batch: list[_Pending]) -> None:
+        self._fail(batch, InferenceFailed("internal error while running the batch"))
 
     @staticmethod
     def _fail(batch: list[_Pending], exc: BaseException) -> None:
@@ -192,6 +188,7 @@ class MicroBatcher:
             if not batch:
                 return
         slot.enter()  # same loop step as reading `current`: a swap cannot slip in between
+        self._in_flight, self._arrived_in_flight = True, 0
         started = time.perf_counter()
         try:
             inputs, outputs = await self.executor.run(_forward, slot, [item.rows for item in batch])
@@ -201,7 +198,9 @@ class MicroBatcher:
             return
         finally:
             slot.exit()
+            self._in_flight = False
         seconds = time.perf_counter() - started
+        self.wait.observe(len(inputs), seconds, self._arrived_in_flight)
         self.batches += 1
         self._inference_hist.observe(seconds)
         self._batch_hist.observe(len(inputs))

@@ -1,38 +1,53 @@
 """`DataPlane`: the gateway's service object. It owns inference, readiness, metadata and the admin
 operations; it knows nothing of HTTP (route handlers translate, `error_responses` maps errors).
 
-Its resources (registry client, executors, stages, pollers, batchers) are attached by the app's
-lifespan managers (`inferloop.gateway.lifespan`), which start and stop them in order.
+It is built complete (`inferloop.gateway.assembly`): every served model has its stages, pollers,
+batcher, a shadow part and a drift part (the `disabled` ones when the feature is off). The app's
+lifespan managers (`inferloop.gateway.lifespan`) only start and stop what it holds.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
+
 from inferloop.gateway.errors import ModelNotReady, UnknownModel
 from inferloop.gateway.transport.protocol import model_metadata
 
 if TYPE_CHECKING:
     import numpy as np
-    from inferloop.gateway.drift.watch import DriftWatch
+
     from inferloop.gateway.metrics import GatewayMetrics
     from inferloop.gateway.serving.batcher import BatchObserver, MicroBatcher, Prediction
-    from inferloop.gateway.serving.device import DeviceExecutor, DeviceMemory
     from inferloop.gateway.serving.events import EventRecorder
     from inferloop.gateway.serving.poller import StagePoller
     from inferloop.gateway.serving.slot import ModelSignature
     from inferloop.gateway.serving.stage import ModelStage
     from inferloop.gateway.settings import GatewaySettings
-    from inferloop.gateway.shadow.mirror import ShadowMirror
-    from inferloop.gateway.shadow.prediction_log import PredictionLog
+    from inferloop.policy import Policy
     from inferloop.registry import AsyncRegistry, StagePointer
 
-    from inferloop.policy import Policy
-
 PRIMARY_STAGE = "production"
+SHADOW_STAGE = "shadow"
+
+
+class ShadowPart(Protocol):
+    """Shadow traffic for one model: `ShadowMirror`, or `ShadowDisabled` when it is off."""
+
+    sample_rate: float
+
+    def report(self) -> dict[str, Any]: ...
+
+
+class DriftPart(Protocol):
+    """Drift monitoring for one model: `DriftWatch`, or `DriftDisabled` when it is off."""
+
+    def state(self) -> dict[str, Any]: ...
+
+    def bin_samples(self) -> Iterable[tuple[str, dict[str, str], float]]: ...
 
 
 @dataclass
@@ -40,12 +55,12 @@ class ServedModel:
     """Everything the gateway runs for one model name; `stages` and `pollers` are keyed by stage."""
 
     name: str
-    stages: dict[str, ModelStage] = field(default_factory=dict)
-    pollers: dict[str, StagePoller] = field(default_factory=dict)
-    batcher: MicroBatcher | None = None  # the primary (production) batcher
+    stages: dict[str, ModelStage]
+    pollers: dict[str, StagePoller]
+    batcher: MicroBatcher  # the primary (production) batcher
+    shadow: ShadowPart
+    drift: DriftPart
     policy: Policy | None = None  # its policy file, if the gateway was given a policies directory
-    mirror: ShadowMirror | None = None  # shadow traffic (when shadow is enabled)
-    drift: DriftWatch | None = None  # streaming PSI and retrain trigger (when drift is enabled)
 
     @property
     def primary(self) -> ModelStage:
@@ -53,19 +68,14 @@ class ServedModel:
 
 
 class DataPlane:
-    def __init__(self, settings: GatewaySettings, metrics: GatewayMetrics, memory: DeviceMemory) -> None:
+    def __init__(self, settings: GatewaySettings, metrics: GatewayMetrics, *, registry: AsyncRegistry,
+                 events: EventRecorder, device: str, models: dict[str, ServedModel]) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.memory = memory
-        self.models: dict[str, ServedModel] = {}
-        self.registry: AsyncRegistry | None = None
-        self.events: EventRecorder | None = None
-        self.device = "cpu"
-        self.infer_executor: DeviceExecutor | None = None
-        self.load_executor: DeviceExecutor | None = None
-        self.shadow_executor: DeviceExecutor | None = None
-        self.prediction_log: PredictionLog | None = None
-        self.policies: dict[str, Policy] = {}
+        self.registry = registry
+        self.events = events
+        self.device = device
+        self.models = models
 
     # -- inference ------------------------------------------------------------------------------
     def served(self, name: str) -> ServedModel:
@@ -82,15 +92,13 @@ class DataPlane:
         return sig
 
     async def infer(self, model: ServedModel, rows: np.ndarray, request_id: str) -> Prediction:
-        assert model.batcher is not None
         return await model.batcher.submit(rows, request_id)
 
     def observe(self, name: str, observer: BatchObserver) -> Callable[[], None]:
         """Register a primary-batch observer (see `inferloop.gateway.serving.batcher`); returns a function that removes it."""
-        batcher = self.served(name).batcher
-        assert batcher is not None
-        batcher.observers.append(observer)
-        return lambda: batcher.observers.remove(observer)
+        observers = self.served(name).batcher.observers
+        observers.append(observer)
+        return lambda: observers.remove(observer)
 
     # -- readiness and metadata -----------------------------------------------------------------
     def model_ready(self, name: str) -> bool:
@@ -118,30 +126,24 @@ class DataPlane:
                     counts[str(slot.state)] = counts.get(str(slot.state), 0) + 1
                 for state, count in counts.items():
                     yield "inferloop_model_slots", {"model": name, "stage": stage_name, "state": state}, count
-            if model.batcher is not None:
-                yield "inferloop_batch_queue_rows", {"model": name, "role": model.batcher.role}, \
-                    model.batcher.queued_rows
+            yield "inferloop_batch_queue_rows", {"model": name, "role": model.batcher.role}, \
+                model.batcher.queued_rows
         yield from self.drift_samples()
 
     # -- admin ----------------------------------------------------------------------------------
-    def _registry(self) -> AsyncRegistry:
-        if self.registry is None:
-            raise ModelNotReady("the registry client is not started")
-        return self.registry
-
     async def promote(self, name: str, version: int, stage: str, *, reason: str, actor: str,
                       expected_version: Any) -> dict[str, Any]:
         model = self.served(name)
         # UNSET: move whatever is there; None: only if there is no pointer yet; N: only from version N
         kwargs = {} if expected_version is msgspec.UNSET else {"expected_version": expected_version}
-        pointer = await self._registry().promote(name, version, stage, actor=actor, reason=reason,
+        pointer = await self.registry.promote(name, version, stage, actor=actor, reason=reason,
                                                  details={"via": "gateway"}, **kwargs)
         return await self._settle(model, stage, pointer, actor)
 
     async def rollback(self, name: str, stage: str, *, to_version: int | None, reason: str,
                        actor: str) -> dict[str, Any]:
         model = self.served(name)
-        pointer = await self._registry().rollback(name, stage, to_version=to_version, actor=actor, reason=reason)
+        pointer = await self.registry.rollback(name, stage, to_version=to_version, actor=actor, reason=reason)
         return await self._settle(model, stage, pointer, actor)
 
     async def _settle(self, model: ServedModel, stage_name: str, pointer: StagePointer, actor: str) -> dict[str, Any]:
@@ -175,33 +177,24 @@ class DataPlane:
 
     # -- shadow and drift ---------------------------------------------------------------------
     def shadow_report(self, name: str) -> dict[str, Any]:
-        model = self.served(name)
-        if model.mirror is None:
-            raise ModelNotReady(f"shadow traffic is disabled on this gateway for {name!r}")
-        return model.mirror.report()
+        return self.served(name).shadow.report()
 
     async def set_shadow_sample_rate(self, name: str, rate: float, *, actor: str, reason: str) -> dict[str, Any]:
         """Change this gateway's shadow sampling rate; recorded in the audit log first, like every admin action
         (if the registry cannot take the record, nothing changes)."""
         model = self.served(name)
-        if model.mirror is None:
-            raise ModelNotReady(f"shadow traffic is disabled on this gateway for {name!r}")
-        previous = model.mirror.sample_rate
-        await self._registry().append_event(name, "sampling_changed", actor=actor, reason=reason, stage="shadow",
+        previous = model.shadow.sample_rate  # a disabled shadow refuses here, before anything is recorded
+        await self.registry.append_event(name, "sampling_changed", actor=actor, reason=reason, stage="shadow",
                                             details={"sample_rate": rate, "previous": previous})
-        model.mirror.sample_rate = rate
+        model.shadow.sample_rate = rate
         return {"model": name, "sample_rate": rate, "previous": previous, "actor": actor}
 
     def drift_state(self, name: str) -> dict[str, Any]:
-        model = self.served(name)
-        if model.drift is None:
-            raise ModelNotReady(f"drift monitoring is disabled on this gateway for {name!r}")
-        return model.drift.state()
+        return self.served(name).drift.state()
 
     def drift_samples(self) -> Iterable[tuple[str, dict[str, str], float]]:
         for model in self.models.values():
-            if model.drift is not None:
-                yield from model.drift.bin_samples()
+            yield from model.drift.bin_samples()
 
     def status(self, name: str) -> dict[str, Any]:
         model = self.served(name)
@@ -219,6 +212,6 @@ class DataPlane:
             "ready": model.primary.current is not None,
             "stages": stages,
             "batching": {"enabled": self.settings.batching.enabled, "queued_rows": batcher.queued_rows,
-                         "batches": batcher.batches, "observers": [type(o).__name__ for o in batcher.observers]}
-            if batcher is not None else None,
+                         "batches": batcher.batches, "observers": [type(o).__name__ for o in batcher.observers],
+                         "wait": batcher.wait.describe()},
         }

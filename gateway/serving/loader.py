@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING
 
 import numpy as np
+
 from inferloop.gateway.errors import LoadFailed
 from inferloop.gateway.serving.slot import ModelSlot, SlotState
 from inferloop.registry import RegistryError

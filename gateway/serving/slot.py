@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from inferloop.registry import VersionManifest
     from torch import nn
+
+    from inferloop.registry import VersionManifest
 
 
 class SlotState(enum.StrEnum):
@@ -99,7 +100,8 @@ class ModelSlot:
                 y = torch.sigmoid(y)
             elif self._postprocess == "multiclass":
                 y = torch.softmax(y, dim=1)
-            return y.float().cpu().numpy()
+            out: np.ndarray = y.float().cpu().numpy()
+            return out
 
     # -- use counting (event loop) ------------------------------------------------------------
     def enter(self) -> None:

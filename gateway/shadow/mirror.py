@@ -28,12 +28,14 @@ import os
 import threading
 import time
 import zlib
-from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 import numpy as np
+
+from inferloop.gateway.serving.work_queue import WorkQueue
 from inferloop.gateway.shadow.report import ShadowComparison, ShadowReport
 
 if TYPE_CHECKING:
@@ -46,9 +48,8 @@ if TYPE_CHECKING:
     from inferloop.gateway.serving.stage import ModelStage
     from inferloop.gateway.settings import ShadowSettings
     from inferloop.gateway.shadow.prediction_log import PredictionLog
-    from inferloop.registry import AsyncRegistry
-
     from inferloop.policy import ShadowPolicy
+    from inferloop.registry import AsyncRegistry
 
 log = logging.getLogger("inferloop.shadow")
 
@@ -67,7 +68,8 @@ def in_sample(request_id: str, rate: float) -> bool:
 class ShadowBudget:
     """Shadow inference time may be at most `share` of all inference time, over a decaying window."""
 
-    def __init__(self, share: float, half_life_s: float = 5.0, burst_s: float = 0.02, clock=time.monotonic) -> None:
+    def __init__(self, share: float, half_life_s: float = 5.0, burst_s: float = 0.02,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.ratio = share / (1.0 - share) if share < 1.0 else math.inf
         self.half_life_s = half_life_s
         self.burst_s = burst_s
@@ -107,6 +109,14 @@ class _Mirrored:
     at: float
 
 
+def _rows(item: _Mirrored) -> int:
+    return len(item.inputs)
+
+
+def _requests(items: list[_Mirrored]) -> int:
+    return sum(len(item.request_ids) for item in items)
+
+
 def _lower_priority() -> None:
     """Runs once on the shadow thread: lowest CPU priority (Linux nices threads one by one)."""
     try:
@@ -130,12 +140,8 @@ class ShadowMirror:
         self.prediction_log = prediction_log
         self.budget = ShadowBudget(settings.budget)
         self.comparison: ShadowComparison | None = None
-        self._queue: deque[_Mirrored] = deque()
-        self._queued_rows = 0
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._queue: WorkQueue[_Mirrored] = WorkQueue(f"shadow-{model}", _rows, settings.max_batch_rows)
         self._stuck: asyncio.Future[Any] | None = None
-        self._closing = False
         self._stream: Any = None
         self.mirrored = 0
         self._promoted: set[tuple[int | None, int | None]] = set()
@@ -151,18 +157,12 @@ class ShadowMirror:
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._worker(), name=f"shadow-{self.model}")
+        self._queue.start(self._handle, on_error=self._internal_error,
+                          on_start=lambda: self.executor.run(_lower_priority))
 
     async def stop(self) -> None:
-        """Finish what is queued (bounded by the queue size), then stop."""
-        self._closing = True
-        self._wake.set()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(self._task, self.settings.timeout_s * 2)
-            except TimeoutError:
-                self._task.cancel()
-            self._task = None
+        """Finish what is queued (bounded by the queue size and twice the shadow timeout), then stop."""
+        await self._queue.stop(self.settings.timeout_s * 2)
 
     # -- the observer (event loop, after the primary answered) --------------------------------
     def on_batch(self, batch: CompletedBatch) -> None:
@@ -191,14 +191,11 @@ class ShadowMirror:
             for i in chosen:
                 new_splits.append(new_splits[-1] + int(splits[i + 1] - splits[i]))
             rids = [ids[i] for i in chosen]
-        n = len(inputs)
-        if self._queued_rows + n > self.settings.queue_rows:
+        if self._queue.queued_rows + len(inputs) > self.settings.queue_rows:
             self._drop("queue_full", len(rids))
             return
-        self._queue.append(_Mirrored(inputs, primary, rids, new_splits, batch.version, batch.inference_seconds,
-                                     time.time()))
-        self._queued_rows += n
-        self._wake.set()
+        self._queue.put(_Mirrored(inputs, primary, rids, new_splits, batch.version, batch.inference_seconds,
+                                  time.time()))
 
     def _drop(self, reason: str, requests: int) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + requests
@@ -229,43 +226,23 @@ class ShadowMirror:
                 inputs=batch.inputs[a:b].tolist(), mirrored=False))
 
     # -- the worker ---------------------------------------------------------------------------
-    def _take(self) -> list[_Mirrored]:
-        items = [self._queue.popleft()]
-        rows = len(items[0].inputs)
-        while self._queue and rows + len(self._queue[0].inputs) <= self.settings.max_batch_rows:
-            item = self._queue.popleft()
-            rows += len(item.inputs)
-            items.append(item)
-        self._queued_rows -= rows
-        return items
+    async def _handle(self, items: list[_Mirrored]) -> None:
+        requests = _requests(items)
+        if self._stuck is not None and not self._stuck.done():
+            self._drop("busy", requests)
+            return
+        self._stuck = None
+        if not self.budget.allows():
+            self._drop("budget", requests)
+            return
+        slot = self.stage.current
+        if slot is None:
+            self._drop("no_shadow", requests)
+            return
+        await self._run(slot, items, requests)
 
-    async def _worker(self) -> None:
-        await self.executor.run(_lower_priority)
-        while True:
-            if not self._queue:
-                if self._closing:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            items = self._take()
-            requests = sum(len(i.request_ids) for i in items)
-            if self._stuck is not None and not self._stuck.done():
-                self._drop("busy", requests)
-                continue
-            self._stuck = None
-            if not self.budget.allows():
-                self._drop("budget", requests)
-                continue
-            slot = self.stage.current
-            if slot is None:
-                self._drop("no_shadow", requests)
-                continue
-            try:
-                await self._run(slot, items, requests)
-            except Exception:  # noqa: BLE001 - the shadow must never take anything down
-                log.exception("shadow batch for %s failed unexpectedly", self.model)
-                self._error("internal", requests)
+    def _internal_error(self, items: list[_Mirrored]) -> None:
+        self._error("internal", _requests(items))
 
     async def _run(self, slot: ModelSlot, items: list[_Mirrored], requests: int) -> None:
         inputs = items[0].inputs if len(items) == 1 else np.concatenate([i.inputs for i in items])
@@ -404,7 +381,7 @@ class ShadowMirror:
         return {
             "model": self.model, "primary_version": primary_version, "shadow_version": shadow_version,
             "sample_rate": self.sample_rate, "budget": self.settings.budget, "mirrored": self.mirrored,
-            "dropped": dict(self.dropped), "errors": dict(self.errors), "queued_rows": self._queued_rows,
+            "dropped": dict(self.dropped), "errors": dict(self.errors), "queued_rows": self._queue.queued_rows,
             "report": current,
         }
 

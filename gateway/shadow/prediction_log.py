@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 import msgspec
+
 from inferloop.registry.store import ObjectStore
 
 log = logging.getLogger("inferloop.prediction_log")

@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING
 
 import msgspec
 import numpy as np
+from scipy import stats
+
 from inferloop.gateway.drift.monitor import psi
 from inferloop.registry.reference import quantile_edges
-from scipy import stats
 
 if TYPE_CHECKING:
     from inferloop.policy import ShadowPolicy
@@ -86,7 +87,8 @@ def labels_of(outputs: np.ndarray, output_kind: str) -> np.ndarray:
     """Class labels from model outputs: binary outputs are probabilities of class 1."""
     if output_kind == "binary":
         return (outputs[:, 0] >= 0.5).astype(np.int64)
-    return np.argmax(outputs, axis=1).astype(np.int64)
+    labels: np.ndarray = np.argmax(outputs, axis=1).astype(np.int64)
+    return labels
 
 
 def _pct(values: np.ndarray) -> Percentiles:

@@ -11,20 +11,22 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
+from litestar import Request, get, post
+from litestar.datastructures import State
+from litestar.response.base import ASGIResponse
+
 from inferloop.gateway.errors import InvalidInput
 from inferloop.gateway.transport.admin_bodies import PromoteBody, RollbackBody, SamplingBody
 from inferloop.gateway.transport.headers import read_headers
 from inferloop.gateway.transport.openapi import openapi_document
 from inferloop.gateway.transport.protocol import encode
-from litestar import Request, get, post
-from litestar.datastructures import State
-from litestar.response.base import ASGIResponse
 
 if TYPE_CHECKING:
+    from litestar.handlers import HTTPRouteHandler
+
     from inferloop.gateway.serving.dataplane import DataPlane
     from inferloop.gateway.transport.admin_auth import AdminGuard
     from inferloop.gateway.transport.request_body import BodyReader
-    from litestar.handlers import HTTPRouteHandler
 
 # Resolved at runtime by Litestar (handler signatures), so these names are real imports, not TYPE_CHECKING.
 AnyRequest = Request[Any, Any, State]  # no auth middleware: user and auth are unused

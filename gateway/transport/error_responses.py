@@ -14,6 +14,9 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from litestar import Response
+from litestar.exceptions import HTTPException
+
 from inferloop.gateway.errors import (
     AdminDisabled,
     BodyTooLarge,
@@ -38,8 +41,6 @@ from inferloop.registry import (
     Unavailable,
     UnsupportedArtifact,
 )
-from litestar import Response
-from litestar.exceptions import HTTPException
 
 if TYPE_CHECKING:
     from litestar import Request

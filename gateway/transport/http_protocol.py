@@ -30,16 +30,18 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
 from inferloop.gateway.errors import BodyTooLarge, ClientDisconnected
 from inferloop.gateway.transport.inference import match
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger("inferloop.gateway")
 
 if TYPE_CHECKING:
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
     from inferloop.gateway.transport.headers import RequestHeaders
     from inferloop.gateway.transport.inference import InferenceRoutes, Reply, Route
-    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 
 class _NoEvent:

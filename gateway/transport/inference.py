@@ -20,6 +20,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
+from litestar.enums import ScopeType
+
 from inferloop.gateway.errors import MethodNotAllowed
 from inferloop.gateway.metrics import UNKNOWN_MODEL
 from inferloop.gateway.transport.error_responses import error_parts
@@ -32,14 +34,14 @@ from inferloop.gateway.transport.protocol import (
     encode_predict,
 )
 from inferloop.gateway.transport.request_body import receive_body
-from litestar.enums import ScopeType
 
 if TYPE_CHECKING:
+    from litestar.types import ASGIApp, Receive, Scope, Send
+
     from inferloop.gateway.serving.batcher import Prediction
     from inferloop.gateway.serving.dataplane import DataPlane
     from inferloop.gateway.serving.slot import ModelSignature
     from inferloop.gateway.transport.request_body import BodyReader
-    from litestar.types import ASGIApp, Receive, Scope, Send
 
 ROLE = "primary"
 JSON = b"application/json"

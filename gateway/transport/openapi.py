@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+
 from inferloop.gateway.transport.admin_bodies import PromoteBody, RollbackBody, SamplingBody
 from inferloop.gateway.transport.protocol import (
     InferResponse,

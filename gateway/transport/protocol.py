@@ -18,6 +18,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import msgspec
 import numpy as np
+
 from inferloop.gateway.errors import InvalidInput
 from inferloop.gateway.serving.slot import ModelSignature
 

@@ -22,8 +22,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, cast
 
-from inferloop.gateway.errors import BodyTooLarge, ClientDisconnected, RequestTimeout
 from litestar.exceptions import InternalServerException
+
+from inferloop.gateway.errors import BodyTooLarge, ClientDisconnected, RequestTimeout
 
 if TYPE_CHECKING:
     from litestar.types import Receive
