@@ -104,6 +104,7 @@ def free_port() -> int:
 
 def make_registry(root: Path) -> str:
     import torch
+
     from inferloop.registry import MLP, Registry
 
     uri = f"file://{root / 'registry'}"

@@ -40,6 +40,7 @@ SCENARIOS = {
 
 def make_registry(root: Path, shadow_hidden: list[int] | None) -> str:
     import torch
+
     from inferloop.registry import MLP, Registry
 
     uri = f"file://{root / 'registry'}"

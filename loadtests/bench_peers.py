@@ -42,6 +42,7 @@ def prepare(work: Path, with_gateway: bool) -> tuple[Context, float]:
     """The weights (fixed seed, safetensors), the request row, and the expected answer."""
     import numpy as np
     import torch
+
     from inferloop.registry.architectures import MLP
     from inferloop.registry.artifact import save_module
 
@@ -62,6 +63,7 @@ def prepare(work: Path, with_gateway: bool) -> tuple[Context, float]:
 
 def register(root: Path, model) -> None:
     import torch
+
     from inferloop.registry import Registry
     from inferloop.registry.architectures import MLP
 

@@ -32,6 +32,7 @@ TOKEN = "bench-swap-token"
 
 def make_registry(root: Path) -> str:
     import torch
+
     from inferloop.registry import MLP, Registry
 
     uri = f"file://{root / 'registry'}"

@@ -27,6 +27,7 @@ ADMIN_TOKEN = "loadtest-admin-token"
 def prepare(root: Path) -> str:
     """Register two versions of each model (idempotent: identical builds dedupe), v1 in production."""
     import torch
+
     from inferloop.registry import MLP, Registry
 
     uri = f"file://{root / 'registry'}"

@@ -6,9 +6,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
+
 from inferloop.registry.errors import UnsupportedArtifact
 from inferloop.registry.manifest import ModelSpec
-from torch import nn
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -8,15 +8,17 @@ from inferloop.registry.errors import UnsupportedArtifact
 
 if TYPE_CHECKING:
     import torch
-    from inferloop.registry.manifest import ModelSpec
     from torch import nn
+
+    from inferloop.registry.manifest import ModelSpec
 
 FORMAT = "safetensors"
 
 
 def save_module(module: nn.Module) -> tuple[bytes, ModelSpec]:
-    from inferloop.registry.architectures import spec_of
     from safetensors.torch import save
+
+    from inferloop.registry.architectures import spec_of
 
     spec = spec_of(module)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
@@ -25,9 +27,10 @@ def save_module(module: nn.Module) -> tuple[bytes, ModelSpec]:
 
 def load_module(data: bytes, spec: ModelSpec, fmt: str = FORMAT, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the module; anything that is not a safetensors state dict of `spec` is refused."""
-    from inferloop.registry.architectures import build_module
     from safetensors import SafetensorError
     from safetensors.torch import load
+
+    from inferloop.registry.architectures import build_module
 
     if fmt != FORMAT:
         raise UnsupportedArtifact(f"artifact format {fmt!r} is refused: only {FORMAT!r} loads without pickle")

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 import msgspec
+
 from inferloop.registry import Registry
 from inferloop.registry.commandline import add_registry_options, default_actor, registry_uri
 from inferloop.registry.manifest import Event

@@ -52,6 +52,7 @@ MIB = 1 << 20
 def register_versions(uri: str, features: int, hidden: int) -> tuple[list[int], int]:
     """Two versions of one model; returns their numbers and the bytes of one model's weights."""
     import torch
+
     from inferloop.registry import MLP, Registry
 
     versions, weights = [], 0
@@ -72,6 +73,7 @@ class Gateway:
     def __init__(self, uri: str, cache_dir: Path, device: str, cache_versions: int, headroom: int,
                  shadow: dict | None = None) -> None:
         import uvicorn
+
         from inferloop.gateway.app import create_app
         from inferloop.gateway.settings import (
             GatewaySettings,
@@ -190,6 +192,7 @@ def shadow_phase(checks: Checks, uri: str, tmp: Path, args: argparse.Namespace, 
                  weights: int, before: int) -> None:
     """Phase 4: every primary batch mirrored to a shadow version whose forward runs on its own CUDA stream."""
     import torch
+
     from inferloop.registry import Registry
 
     print(f"phase 4: shadow traffic: v{v1} in production, v{v2} in shadow, sample rate 1.0, budget 1.0; "

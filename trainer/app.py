@@ -18,13 +18,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import msgspec
-from inferloop.trainer.jobs import RetrainRequest
-from inferloop.trainer.runner import KeyReused, UnknownModel
-from inferloop.trainer.service import ServiceSettings, TrainerService
 from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.exceptions import ClientException, HTTPException, NotAuthorizedException, NotFoundException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from inferloop.trainer.jobs import RetrainRequest
+from inferloop.trainer.runner import KeyReused, UnknownModel
+from inferloop.trainer.service import ServiceSettings, TrainerService
 
 log = logging.getLogger("inferloop.trainer")
 

@@ -20,10 +20,12 @@ from typing import TYPE_CHECKING
 
 import msgspec
 import numpy as np
+
 from inferloop.trainer.errors import TrainerError
 
 if TYPE_CHECKING:
     import torch
+
     from inferloop.registry.architectures import MLP
     from inferloop.trainer.spec import TrainSpec
 
@@ -86,6 +88,7 @@ def _scale(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _fold(model: MLP, x_mean: np.ndarray, x_std: np.ndarray, y_mean: float, y_std: float) -> MLP:
     """The same function on raw inputs: x' = (x-m)/s folded into layer 0, y = y'·s_y + m_y into the last."""
     import torch
+
     from inferloop.registry.architectures import MLP
 
     state = {k: v.detach().to("cpu", torch.float64).clone() for k, v in model.state_dict().items()}
@@ -108,8 +111,9 @@ def fit(spec: TrainSpec, x: np.ndarray, y: np.ndarray, *, dist: DistInfo, device
         progress: Progress) -> Fitted:
     """Train on (x, y) and return the model on raw inputs. Call inside `deterministic(spec.threads)`."""
     import torch
-    from inferloop.registry.architectures import MLP
     from torch.nn import functional
+
+    from inferloop.registry.architectures import MLP
 
     x_mean, x_std = _scale(x)
     y_mean, y_std = (0.0, 1.0)

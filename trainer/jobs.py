@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
+
 from inferloop.registry.core import utcnow
 from inferloop.trainer.errors import TrainerError
 

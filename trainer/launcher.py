@@ -15,6 +15,7 @@ from collections import deque
 from pathlib import Path
 
 import msgspec
+
 from inferloop.trainer.errors import LaunchError, TrainerError
 from inferloop.trainer.fit import Progress
 from inferloop.trainer.pipeline import BuildRequest, BuildSummary, execute, stderr_progress

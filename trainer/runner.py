@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 import msgspec
+
 from inferloop.registry.core import utcnow
 from inferloop.trainer.jobs import ACTIVE, Job, JobStore, RequestRecord, RetrainRequest, new_job_id
 from inferloop.trainer.pipeline import EXIT_GATE_FAILED, EXIT_OK, BuildSummary

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from croniter import croniter
+
 from inferloop.trainer.jobs import Job, RetrainRequest
 
 log = logging.getLogger("inferloop.trainer")

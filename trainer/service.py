@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from inferloop.policy import load_policies
 from inferloop.registry import AsyncRegistry, Registry, RegistryError
 from inferloop.trainer.jobs import Job, JobStore, RetrainRequest
 from inferloop.trainer.runner import JobRunner, Outcome
 from inferloop.trainer.schedule import Scheduler
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-from inferloop.policy import load_policies
 
 log = logging.getLogger("inferloop.trainer")
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import msgspec
-from inferloop.registry.manifest import VersionManifest
-from inferloop.trainer.errors import TrainerError
 
 from inferloop.policy import Kind, Policy
+from inferloop.registry.manifest import VersionManifest
+from inferloop.trainer.errors import TrainerError
 
 SPEC_VERSION = 1  # bump when the meaning of a recorded parameter changes
 

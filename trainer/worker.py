@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import msgspec
+
 from inferloop.registry import RegistryError
 from inferloop.trainer.errors import TrainerError
 from inferloop.trainer.fit import DistInfo, resolve_device

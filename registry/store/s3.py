@@ -16,6 +16,7 @@ from typing import Any
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
+
 from inferloop.registry.errors import Conflict, NotFound, RegistryError, Unavailable
 from inferloop.registry.store.base import StoredObject
 
