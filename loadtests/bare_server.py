@@ -18,9 +18,10 @@ from collections.abc import AsyncIterator
 
 import msgspec
 import numpy as np
-from inferloop.gateway.transport.protocol import InferRequest, encode_infer
 from litestar import Litestar, Request, post
 from litestar.response.base import ASGIResponse
+
+from inferloop.gateway.transport.protocol import InferRequest, encode_infer
 
 CONSTANT = (b'{"model_name":"bench","model_version":"1","outputs":[{"name":"output","datatype":"FP32",'
             b'"shape":[1,1],"data":[0.5]}]}')
@@ -32,6 +33,7 @@ def build(mode: str, registry: str, model: str, device: str = "cpu") -> Litestar
     module = None
     if mode == "forward":
         import torch
+
         from inferloop.registry import Registry
 
         reg = Registry.open(registry)
@@ -51,7 +53,7 @@ def build(mode: str, registry: str, model: str, device: str = "cpu") -> Litestar
         rows = np.asarray(flat.decode(req.inputs[0].data), dtype=np.float32).reshape(req.inputs[0].shape)
         with torch.inference_mode():
             out = module(torch.from_numpy(rows).to(device)).cpu().numpy()
-        body, _ = encode_infer(request.path_params["name"], 1, req.id, out, False)
+        body, _ = encode_infer(request.path_params["name"], 1, req.id, (out,), ("output",), False)
         return ASGIResponse(body=body, media_type="application/json")
 
     @contextlib.asynccontextmanager

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import msgspec
 
-OutputKind = Literal["regression", "binary", "multiclass"]
+OutputKind = Literal["regression", "binary", "multiclass", "none"]
 EventKind = Literal[
     "registered", "gate_passed", "gate_failed", "promoted", "rolled_back", "archived",
     "drift_detected", "retrain_requested", "swapped", "load_failed", "shadow_evaluated", "cleared",
@@ -36,8 +36,8 @@ class ModelSpec(Struct, frozen=True):
 class ArtifactInfo(Struct, frozen=True):
     digest: str
     size: int
-    format: str  # "safetensors"
-    spec: ModelSpec
+    format: str  # "safetensors" (built-in MLP + `spec`), "torch.export" (.pt2) or "onnx"
+    spec: ModelSpec | None = None  # the architecture to rebuild; only for "safetensors"
 
 
 class DataPartition(Struct, frozen=True):
@@ -81,11 +81,37 @@ class FeatureSpec(Struct, frozen=True):
     dtype: str = "FP32"
 
 
+class TensorSpec(Struct, frozen=True):
+    """One named input or output: OIP datatype (FP32, INT64, ...) and shape, -1 for a dynamic axis;
+    axis 0 is always the batch."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+
+
 class InputSignature(Struct, frozen=True):
+    """What a version takes and gives. `features` name the columns of a 2-D tabular input (drift bins
+    them); `output_kind` (the task) says how outputs become labels for shadow agreement.
+
+    `inputs` / `output_tensors` empty (every version registered before they existed, and the built-in
+    MLP): one FP32 input `[n, len(features)]` and one FP32 output `output` of `[n, outputs]`.
+    `input_layout` says how a program takes its inputs: "args" (positional tensors, in `inputs` order)
+    or "dict" (one dict of named tensors)."""
+
     features: list[FeatureSpec]
     output_kind: OutputKind = "regression"
     outputs: int = 1
     classes: list[str] = []
+    inputs: list[TensorSpec] = []
+    output_tensors: list[TensorSpec] = []
+    input_layout: Literal["args", "dict"] = "args"
+
+    def tensor_inputs(self) -> list[TensorSpec]:
+        return self.inputs or [TensorSpec("input", "FP32", [-1, len(self.features)])]
+
+    def tensor_outputs(self) -> list[TensorSpec]:
+        return self.output_tensors or [TensorSpec("output", "FP32", [-1, self.outputs])]
 
 
 class BinnedReference(Struct, frozen=True):
@@ -133,6 +159,7 @@ class VersionManifest(Struct, frozen=True):
     metrics: dict[str, float] = {}
     reference: ReferenceStats | None = None
     warmup: list[list[float]] = []
+    warmup_inputs: dict[str, Any] = {}  # tensor signatures: a few rows per input (nested lists), for warm-up
     tags: list[str] = []
     parent: int | None = None
     validation: ValidationRecord | None = None

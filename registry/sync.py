@@ -6,12 +6,16 @@ import asyncio
 import atexit
 import threading
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from inferloop.registry.core import AsyncRegistry
+from inferloop.registry.errors import UnsupportedArtifact
 from inferloop.registry.manifest import Event, StagePointer, VersionManifest
 from inferloop.registry.store import DEFAULT_REGISTRY_URI
 from inferloop.registry.tracking import Run
+
+if TYPE_CHECKING:
+    from inferloop.registry.runnable import Runnable
 
 T = TypeVar("T")
 
@@ -109,9 +113,25 @@ class Registry:
         return self._run(self.core.verify(name))
 
     def load_model(self, name: str, version: int | str, device: str = "cpu") -> Any:
-        """Fetch, verify and rebuild a version's module (no pickle)."""
+        """Fetch, verify and rebuild a version's torch module (no pickle, no user code): the built-in MLP,
+        or a torch.export program's graph module. ONNX versions have no module: use `load_runnable`."""
         from inferloop.registry.artifact import load_module
+        from inferloop.registry.exported import FORMAT as PT2
+        from inferloop.registry.exported import load_program
 
         manifest = self.get_manifest(name, version)
         data = self.get_blob(manifest.artifact.digest)
+        if manifest.artifact.format == PT2:
+            return load_program(data, device)
+        if manifest.artifact.spec is None:
+            raise UnsupportedArtifact(f"{name} v{manifest.version} is a {manifest.artifact.format} artifact, not a "
+                                      "torch module: use load_runnable")
         return load_module(data, manifest.artifact.spec, manifest.artifact.format, device)
+
+    def load_runnable(self, name: str, version: int | str, device: str = "cpu") -> Runnable:
+        """A version ready to run, whatever its format: named input arrays in, named output arrays out
+        (the same code path the gateway serves with)."""
+        from inferloop.registry.runnable import open_runnable
+
+        manifest = self.get_manifest(name, version)
+        return open_runnable(self.get_blob(manifest.artifact.digest), manifest.artifact, manifest.signature, device)

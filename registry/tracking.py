@@ -6,7 +6,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from inferloop.registry.artifact import FORMAT, save_module
+from inferloop.registry.errors import UnsupportedArtifact
 from inferloop.registry.lineage import capture_code, capture_environment
 from inferloop.registry.manifest import (
     ArtifactInfo,
@@ -15,15 +17,19 @@ from inferloop.registry.manifest import (
     InputSignature,
     Lineage,
     OutputKind,
+    ReferenceStats,
     ValidationRecord,
     VersionManifest,
 )
 from inferloop.registry.names import check_model_name
-from inferloop.registry.reference import reference_stats
+from inferloop.registry.packaging import package_model
+from inferloop.registry.reference import bin_reference, reference_stats
+from inferloop.registry.runnable import Runnable, open_runnable
 
 if TYPE_CHECKING:
-    from inferloop.registry.sync import Registry
     from torch import nn
+
+    from inferloop.registry.sync import Registry
 
 
 def _as_array(x: Any) -> np.ndarray:
@@ -72,7 +78,7 @@ class Run:
 
     def register(
         self,
-        model: nn.Module,
+        model: Any,
         *,
         example_inputs: Any,
         reference: Any | None = None,
@@ -82,8 +88,60 @@ class Run:
         classes: list[str] | None = None,
         parent: int | None = None,
         validation: ValidationRecord | None = None,
+        dynamic_axes: dict[str, list[int]] | None = None,
     ) -> int:
-        """Register `model`; returns its version number (the existing one if identical)."""
+        """Register `model`; returns its version number (the existing one if identical).
+
+        `model`: any `torch.nn.Module` (stored as a torch.export program), the built-in `MLP` (stored
+        as safetensors), or an ONNX model (`onnx.ModelProto` or its bytes). `example_inputs`: a
+        tensor/array, a tuple (positional inputs) or a dict of named inputs, batch axis first; its first
+        rows become the warm-up inputs. `reference`: inputs in the same form (training rows) for drift
+        statistics; `dynamic_axes`: further dynamic axes per input name (axis 0 always is)."""
+        from inferloop.registry.architectures import MLP
+
+        if isinstance(model, MLP):
+            return self._register_mlp(model, example_inputs=example_inputs, reference=reference, tags=tags,
+                                      feature_names=feature_names, output_kind=output_kind, classes=classes,
+                                      parent=parent, validation=validation)
+        packaged = package_model(model, example_inputs, dynamic_axes=dynamic_axes)
+        signature = packaged.signature(feature_names, output_kind, classes)
+        runnable = open_runnable(packaged.data, packaged.info("", len(packaged.data)), signature)
+        warm = packaged.warmup_arrays()
+        try:
+            outputs = runnable.run(warm)
+        except Exception as exc:  # noqa: BLE001 - a model that cannot run its own examples is refused
+            raise UnsupportedArtifact(f"the packaged model fails on its example inputs: {exc}") from None
+        _check_outputs(outputs, signature)
+        ref = None
+        if reference is not None:
+            ref = _reference(runnable, packaged.arrays(reference), signature)
+        lineage = Lineage(code=capture_code(), environment=capture_environment(self.device), params=self.params,
+                          seed=self.seed, data=self.data, world_size=self.world_size)
+        tabular = signature.features and len(signature.inputs) == 1
+        manifest, created = self.registry.register_artifact(
+            self.name, packaged.data, packaged.info, lineage, signature, metrics=self.metrics, reference=ref,
+            warmup=warm[0][:16].astype(float).tolist() if tabular else [],
+            warmup_inputs={} if tabular else {spec.name: a.tolist() for spec, a in zip(signature.inputs, warm,
+                                                                                        strict=True)},
+            tags=tags, parent=parent, validation=validation, actor=self.actor,
+        )
+        self.manifest, self.created = manifest, created
+        return manifest.version
+
+    def _register_mlp(
+        self,
+        model: nn.Module,
+        *,
+        example_inputs: Any,
+        reference: Any | None,
+        tags: list[str] | None,
+        feature_names: list[str] | None,
+        output_kind: OutputKind,
+        classes: list[str] | None,
+        parent: int | None,
+        validation: ValidationRecord | None,
+    ) -> int:
+        """The built-in MLP: safetensors weights plus its spec (what the trainer's builds are)."""
         import torch
 
         warm = _as_array(example_inputs)
@@ -118,3 +176,26 @@ class Run:
         )
         self.manifest, self.created = manifest, created
         return manifest.version
+
+
+def _check_outputs(outputs: list[np.ndarray], signature: InputSignature) -> None:
+    for spec, out in zip(signature.tensor_outputs(), outputs, strict=True):
+        if out.dtype.kind == "f" and not np.isfinite(out).all():
+            raise UnsupportedArtifact(f"the packaged model gives non-finite values in output {spec.name!r} on its "
+                                      "example inputs")
+
+
+def _reference(runnable: Runnable, arrays: list[np.ndarray], signature: InputSignature) -> ReferenceStats:
+    """Drift statistics: per feature for a tabular input, and of the first output's first column."""
+    rows = len(arrays[0])
+    preds = np.concatenate([_first_column(runnable.run([a[i:i + 4096] for a in arrays])[0])
+                            for i in range(0, rows, 4096)])
+    names = [f.name for f in signature.features]
+    if names and len(arrays) == 1:
+        return reference_stats(arrays[0].astype(np.float64), names, preds)
+    return ReferenceStats(features=[], predictions=bin_reference("prediction", preds.astype(np.float64)),
+                          sample_size=rows)
+
+
+def _first_column(out: np.ndarray) -> np.ndarray:
+    return np.asarray(out, dtype=np.float64).reshape(len(out), -1)[:, 0]

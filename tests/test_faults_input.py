@@ -9,11 +9,15 @@ with Content-Length, 401 with a wrong token), test_gateway_admin.py (no token: 4
 from __future__ import annotations
 
 import io
+import json
 import os
 import select
 import socket
 import threading
+import subprocess
+import sys
 import time
+import zipfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -339,27 +343,70 @@ def _malicious_checkpoint(marker: Path) -> bytes:
     return buf.getvalue()
 
 
+def malicious_pt2(marker: Path) -> bytes:
+    """A real torch.export archive of a Linear(8, 1) whose weight entry is switched to a pickled
+    payload (`use_pickle`): what torch.export.load would unpickle with weights_only=False."""
+    from inferloop.registry.exported import export_program
+
+    data, *_ = export_program(torch.nn.Linear(8, 1), torch.zeros(2, 8))
+    src = zipfile.ZipFile(io.BytesIO(data))
+    config_name = next(n for n in src.namelist() if n.endswith("model_weights_config.json"))
+    config = json.loads(src.read(config_name))
+    fqn, entry = next(iter(config["config"].items()))
+    entry["use_pickle"] = True
+    payload = io.BytesIO()
+    torch.save({"w": torch.zeros(1, 8), "payload": _WritesAFile(str(marker))}, payload)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            body = src.read(info.filename)
+            if info.filename == config_name:
+                body = json.dumps(config).encode()
+            elif info.filename.endswith("/" + entry["path_name"]):
+                body = payload.getvalue()
+            dst.writestr(info, body)
+    return out.getvalue()
+
+
+def test_a_crafted_pt2_archive_would_run_its_payload_under_torch_but_is_refused_here(tmp_path: Path) -> None:
+    """Observed: the crafted archive's payload runs when torch.export.load reads it (control, in a
+    child process), while `check_pt2`, `load_program` and so `Registry.load_model` refuse it first."""
+    from inferloop.registry.exported import load_program
+
+    control, marker = tmp_path / "control", tmp_path / "marker"
+    archive = tmp_path / "evil.pt2"
+    archive.write_bytes(malicious_pt2(control))
+    subprocess.run([sys.executable, "-c", f"import torch; torch.export.load({str(archive)!r})"],
+                   capture_output=True, timeout=120)
+    assert control.exists()  # the payload is live under torch alone
+    with pytest.raises(UnsupportedArtifact, match="pickled"):
+        load_program(malicious_pt2(marker))
+    assert not marker.exists()
+
+
 def test_a_malicious_pickle_in_the_registry_is_refused_by_gateway_and_registry(served: Served) -> None:
     """Observed: a torch.save checkpoint carrying a payload that writes a file when unpickled (the
-    control copy does write it under `torch.load(weights_only=False)`), registered once as
-    `safetensors` and once as a `pytorch` artifact and promoted through the admin API, is refused
-    by the gateway (`applied: false`, the previous version keeps serving, a `load_failed` event
-    each) and by `Registry.load_model` (what gate 2 uses); the file is never written."""
+    control copy does write it under `torch.load(weights_only=False)`), registered as a `safetensors`
+    and as a `pytorch` artifact, and a torch.export archive whose weight is that pickle, promoted
+    through the admin API, are refused by the gateway (`applied: false`, the previous version keeps
+    serving, a `load_failed` event each) and by `Registry.load_model` (what gate 2 uses); the file is
+    never written."""
     control, marker = served.root.parent / "control-pwned", served.root.parent / "pwned"  # pwned-<format>
     torch.load(io.BytesIO(_malicious_checkpoint(control)), weights_only=False)
     assert control.exists()  # the payload is live
     with Registry.open(served.uri) as reg:
         good = reg.get_manifest(PICKLED, 1)
         bad = []
-        for fmt in ("safetensors", "pytorch"):
+        for fmt in ("safetensors", "pytorch", "torch.export"):
+            target = marker.with_name(f"pwned-{fmt}")
+            blob = malicious_pt2(target) if fmt == "torch.export" else _malicious_checkpoint(target)
             manifest, created = reg.register_artifact(
-                PICKLED, _malicious_checkpoint(marker.with_name(f"pwned-{fmt}")),
-                lambda digest, size, fmt=fmt: ArtifactInfo(digest, size, fmt, good.artifact.spec),
+                PICKLED, blob, lambda digest, size, fmt=fmt: ArtifactInfo(digest, size, fmt, good.artifact.spec),
                 good.lineage, good.signature, warmup=good.warmup, tags=[f"pickle-as-{fmt}"])
             assert created
             bad.append(manifest.version)
-        for version, words in zip(bad, ["not a readable safetensors", "only 'safetensors' loads without pickle"],
-                                  strict=True):
+        for version, words in zip(bad, ["not a readable safetensors", "only torch.export, onnx and safetensors",
+                                        "is pickled"], strict=True):
             r = served.gw.client.post(f"/admin/models/{PICKLED}/promote", json={"version": version}, headers=AUTH)
             assert r.status_code == 200, r.text
             serving = r.json()["serving"]
@@ -369,6 +416,6 @@ def test_a_malicious_pickle_in_the_registry_is_refused_by_gateway_and_registry(s
         failed = [(e.version, e.details["phase"]) for e in reg.history(PICKLED, kinds={"load_failed"})]
         r = served.gw.client.post(f"/admin/models/{PICKLED}/promote", json={"version": 1}, headers=AUTH)
         assert r.json()["serving"]["applied"] is True
-    assert failed == [(bad[0], "load"), (bad[1], "load")]
+    assert failed == [(version, "load") for version in bad]
     assert not list(marker.parent.glob("pwned*"))
     assert_no_server_error(served)

@@ -60,8 +60,8 @@ def device_busy(batcher: MicroBatcher) -> Iterator[threading.Event]:
 
 def concurrently(url: str, bodies: list[dict], ids: list[str], *, queued: MicroBatcher | None = None
                  ) -> list[httpx.Response]:
-    """Send every body at once; with `queued`, hold its device thread until all but one request are
-    queued behind the one that is waiting for it, then let them run."""
+    """Send every body at once; with `queued`, hold its device thread until every request is waiting
+    for it (the first batch taken, the rest queued behind it), then let them run."""
     answers: list[httpx.Response | None] = [None] * len(bodies)
     barrier = threading.Barrier(len(bodies))
 
@@ -78,8 +78,8 @@ def concurrently(url: str, bodies: list[dict], ids: list[str], *, queued: MicroB
         with device_busy(queued):
             for t in threads:
                 t.start()
-            eventually(lambda: queued.queued_requests == len(bodies) - 1 and queued.in_flight, 30,
-                       "every request to queue behind the busy device")
+            eventually(lambda: queued.queued_requests + queued.in_flight == len(bodies), 30,
+                       "every request to be waiting for the busy device")
     for t in threads:
         t.join(60)
     assert all(a is not None for a in answers)
@@ -115,7 +115,7 @@ def test_observers_see_every_batch_and_their_errors_never_reach_a_response(regis
             lo, hi = batch.row_splits[i], batch.row_splits[i + 1]
             seen[rid] = (batch.inputs[lo:hi], batch.outputs[lo:hi])
     assert sorted(seen) == sorted(ids)  # every request exactly once; the removed observer saw no more
-    assert len(recorder.batches) == 2  # the one that waited for the device, then all the others at once
+    assert len(recorder.batches) == 2  # the batch that waited for the device, then all the others at once
     for rid, x, answer in zip(ids, inputs, answers, strict=True):
         rows, outputs = seen[rid]
         np.testing.assert_array_equal(rows, x)

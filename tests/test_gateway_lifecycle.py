@@ -65,7 +65,7 @@ class BudgetMemory(DeviceMemory):
 
     def free_bytes(self, device: str) -> int | None:
         assert self.stage is not None
-        return self.budget - sum(s.footprint_bytes for s in self.stage.slots() if s.module is not None)
+        return self.budget - sum(s.footprint_bytes for s in self.stage.slots() if s.runnable is not None)
 
 
 class Rig:
@@ -120,7 +120,7 @@ def test_running_batches_finish_on_the_old_version_before_it_is_parked(versions)
             old = r.stage.current
             hold = threading.Event()
             blocker = asyncio.ensure_future(r.infer.run(hold.wait))  # the device thread is busy
-            running = asyncio.ensure_future(r.batcher.submit(ROW, "in-flight"))
+            running = asyncio.ensure_future(r.batcher.submit((ROW,), "in-flight"))
             await until(lambda: old.inflight == 1)  # its batch has taken v1
             r.loader.gate.clear()
             swap = asyncio.ensure_future(r.stage.apply(await r.move(v2)))
@@ -129,14 +129,14 @@ def test_running_batches_finish_on_the_old_version_before_it_is_parked(versions)
             r.loader.gate.set()
             assert await r.stage.wait_until(lambda: r.stage.serving_version == v2, 10)
             assert old.state is SlotState.DRAINING and not swap.done()  # switched, waiting for the batch
-            after = asyncio.ensure_future(r.batcher.submit(ROW, "after-switch"))
+            after = asyncio.ensure_future(r.batcher.submit((ROW,), "after-switch"))
             hold.set()
             await blocker
             assert (await running).version == v1  # started on v1, finished on v1
             assert (await after).version == v2
             outcome = await swap
             assert outcome.changed and outcome.failure is None
-            assert old.state is SlotState.STANDBY and old.inflight == 0 and old.module is not None
+            assert old.state is SlotState.STANDBY and old.inflight == 0 and old.runnable is not None
 
     asyncio.run(scenario())
 
@@ -187,7 +187,7 @@ def test_without_room_for_two_versions_the_safe_order_makes_requests_wait(versio
             await r.loader.waiting.wait()
             # v1 is already drained and released before v2 loads; requests wait instead of failing
             assert r.stage.switching and r.stage.current is None and old.state is SlotState.RELEASED
-            waiting = asyncio.ensure_future(r.batcher.submit(ROW, "during-switch"))
+            waiting = asyncio.ensure_future(r.batcher.submit((ROW,), "during-switch"))
             await asyncio.sleep(0.05)
             assert not waiting.done()
             r.loader.gate.set()
@@ -200,7 +200,7 @@ def test_without_room_for_two_versions_the_safe_order_makes_requests_wait(versio
             outcome = await r.stage.apply(await r.move(v3))
             assert outcome.failure is not None and outcome.failure.phase == "fetch"
             assert r.stage.serving_version == v2
-            assert (await r.batcher.submit(ROW, "after-failure")).version == v2
+            assert (await r.batcher.submit((ROW,), "after-failure")).version == v2
 
     asyncio.run(scenario())
 
@@ -215,41 +215,49 @@ def test_a_cleared_stage_stops_serving_and_a_re_promotion_comes_back_from_memory
             outcome = await r.stage.apply(await r.registry.clear(MODEL, "production", actor="test"))
             assert outcome.changed and r.stage.current is None and slot.state is SlotState.STANDBY
             with pytest.raises(ModelNotReady):
-                await r.batcher.submit(ROW, "nothing-serves")
+                await r.batcher.submit((ROW,), "nothing-serves")
             await r.serve(v1)
             assert r.stage.current is slot and r.stage.last_swap.reused and r.stage.loads == 1
-            assert (await r.batcher.submit(ROW, "back")).version == v1
+            assert (await r.batcher.submit((ROW,), "back")).version == v1
 
     asyncio.run(scenario())
 
 
 def test_sigterm_finishes_in_flight_requests_then_exits_cleanly(tmp_path: Path) -> None:
+    """Observed: eight large requests (1024 rows each through a 1024×1024 MLP: each runs as its own
+    batch, one after another) are in the gateway, most of them queued, when SIGTERM arrives; every
+    one is answered 200 by v1, then the process exits 0 and stops listening."""
     uri = f"file://{tmp_path / 'registry'}"
     with Registry.open(uri) as reg:
-        v1 = register_tiny(reg, MODEL, seed=1)
+        v1 = register_tiny(reg, MODEL, seed=1, hidden=(1024, 1024))
         reg.promote(MODEL, v1, "production")
-    # a long batch delay keeps the requests queued inside the gateway when the signal arrives
-    args = ["--registry", uri, "--model", MODEL, "--max-batch-delay-ms", "3000", "--cache-dir", str(tmp_path / "c")]
+    args = ["--registry", uri, "--model", MODEL, "--cache-dir", str(tmp_path / "c")]
+    rows = np.random.default_rng(0).normal(size=(1024, 8)).astype(np.float32).tolist()
     with GatewayProcess(args) as gw:
         gw.wait_ready()
         answers: list[httpx.Response | Exception] = []
 
         def send() -> None:
             try:
-                answers.append(httpx.post(f"{gw.url}/v2/models/{MODEL}/infer", json=infer_body(ROW.tolist()),
-                                          timeout=30))
+                answers.append(httpx.post(f"{gw.url}/v2/models/{MODEL}/infer", json=infer_body(rows), timeout=60))
             except httpx.HTTPError as exc:
                 answers.append(exc)
 
         threads = [threading.Thread(target=send) for _ in range(8)]
         for t in threads:
             t.start()
-        queued = f'inferloop_batch_queue_rows{{model="{MODEL}",role="primary"}} 8.0'
-        eventually(lambda: queued in gw.client.get("/metrics").text, 30, "8 queued requests")
+
+        def queued_rows() -> float:
+            for line in gw.client.get("/metrics").text.splitlines():
+                if line.startswith(f'inferloop_batch_queue_rows{{model="{MODEL}",role="primary"}}'):
+                    return float(line.split()[-1])
+            return 0.0
+
+        eventually(lambda: queued_rows() >= 4 * 1024, 60, "requests queued behind a running batch")
         gw.proc.send_signal(signal.SIGTERM)
         for t in threads:
-            t.join(30)
-        assert gw.proc.wait(30) == 0, gw.collect_output()
+            t.join(60)
+        assert gw.proc.wait(60) == 0, gw.collect_output()
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{gw.url}/v2/health/live", timeout=2)
     assert len(answers) == 8

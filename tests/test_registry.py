@@ -220,9 +220,10 @@ def test_unknown_model_version_stage(reg: Registry) -> None:
 
 def test_unsupported_modules_and_pickles_are_refused(reg: Registry, registry_uri, tamper,
                                                       tmp_path) -> None:
-    with pytest.raises(UnsupportedArtifact):
+    with pytest.raises(UnsupportedArtifact, match="cannot register a dict"):
         with reg.track("m") as run:
-            run.register(torch.nn.Linear(8, 1), example_inputs=torch.zeros(2, 8))
+            run.register({"weights": [1.0]}, example_inputs=torch.zeros(2, 8))
+    assert reg.list_versions("m") == []
     v = register_tiny(reg, "m", 1)
     # A pickle that would create a file if it were ever unpickled, stored under its own digest.
     import pickle

@@ -54,6 +54,18 @@ def _register_nan_on_live_inputs(reg: Registry) -> int:
         return run.register(model, example_inputs=torch.zeros(4, 8), reference=torch.zeros(64, 8))
 
 
+class _Picky(torch.nn.Module):
+    """Answers like a regression head, but raises on inputs with any |value| above 5."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(8, 1)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - the input's name on the wire
+        torch._assert_async(input.abs().max() <= 5.0, "input out of range")
+        return self.lin(input)
+
+
 @pytest.fixture
 def registry_with_pair(tmp_path):
     uri = f"file://{tmp_path / 'registry'}"
@@ -99,12 +111,13 @@ def test_a_failing_shadow_changes_no_primary_response(tmp_path, kind) -> None:
         v1 = register_tiny(reg, "m", 1)
         reg.promote("m", v1, "production")
         primary_model = reg.load_model("m", v1)
-        if kind == "raises":  # takes 9 features: every mirrored batch fails in the forward pass
-            bad = register_tiny(reg, "m", 5, in_features=9)
+        if kind == "raises":  # same signature; refuses |values| > 5: every mirrored batch raises in the forward
+            with reg.track("m") as run:
+                bad = run.register(_Picky(), example_inputs=torch.zeros(4, 8))
         else:
             bad = _register_nan_on_live_inputs(reg)
         reg.promote("m", bad, "shadow")
-    rows = _rows(200, seed=3)
+    rows = _rows(200, seed=3) * 10
     settings = settings_for(uri, ["m"], tmp_path, shadow={"budget": 1.0})
     with ThreadedGateway(settings) as gw:
         _wait_shadow(gw, bad)
@@ -118,6 +131,25 @@ def test_a_failing_shadow_changes_no_primary_response(tmp_path, kind) -> None:
         expected = primary_model(torch.from_numpy(rows)).numpy()[:, 0]
     got = np.array([answers[f"{kind}-{i}"][0] for i in range(200)])
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_a_shadow_with_another_signature_is_refused_and_production_is_untouched(tmp_path) -> None:
+    """Observed: a shadow that takes 9 features beside a production that takes 8 gets none of the
+    mirrored requests (all dropped as `signature_mismatch`, counted in the metric); production answers
+    all 100 requests unchanged."""
+    uri = f"file://{tmp_path / 'registry'}"
+    with Registry.open(uri) as reg:
+        v1 = register_tiny(reg, "m", 1)
+        reg.promote("m", v1, "production")
+        reg.promote("m", register_tiny(reg, "m", 5, in_features=9), "shadow")
+    with ThreadedGateway(settings_for(uri, ["m"], tmp_path, shadow={"budget": 1.0})) as gw:
+        _wait_shadow(gw, 2)
+        answers = _send(gw, _rows(100, seed=6), "sig")
+        mirror = gw.plane.models["m"].shadow
+        eventually(lambda: mirror.dropped.get("signature_mismatch", 0) == 100, what="all dropped")
+        metrics = gw.client.get("/metrics").text
+    assert len(answers) == 100 and mirror.mirrored == 0 and not mirror.errors.get("exception")
+    assert 'inferloop_shadow_dropped_total{model="m",reason="signature_mismatch"} 100.0' in metrics
 
 
 def test_budget_drops_and_counts_instead_of_slowing_the_primary(registry_with_pair, tmp_path) -> None:

@@ -51,11 +51,13 @@ class CompletedBatch:
     stage: str
     role: str  # "primary" (or "shadow")
     version: int
-    inputs: np.ndarray  # (rows, features) float32
-    outputs: np.ndarray  # (rows, outputs) float32
+    inputs: np.ndarray  # the first input: (rows, features) float32 for a tabular model
+    outputs: np.ndarray  # the first output: (rows, outputs) for a tabular model
     request_ids: tuple[str, ...]
     row_splits: np.ndarray  # len(request_ids) + 1 offsets into the rows
     inference_seconds: float
+    all_inputs: tuple[np.ndarray, ...] = ()  # every input, in signature order (inputs is the first)
+    all_outputs: tuple[np.ndarray, ...] = ()  # every output, in signature order (outputs is the first)
 
 
 class BatchObserver(Protocol):
@@ -64,25 +66,35 @@ class BatchObserver(Protocol):
 
 class Prediction(NamedTuple):
     version: int
-    outputs: np.ndarray  # this request's rows only
+    outputs: tuple[np.ndarray, ...]  # one array per signature output, this request's rows only
+    output_names: tuple[str, ...]  # of the version that answered
 
 
 class _Pending:
-    __slots__ = ("future", "request_id", "rows")
+    __slots__ = ("future", "inputs", "request_id")
 
-    def __init__(self, rows: np.ndarray, future: asyncio.Future[Prediction], request_id: str) -> None:
-        self.rows = rows
+    def __init__(self, inputs: tuple[np.ndarray, ...], future: asyncio.Future[Prediction], request_id: str) -> None:
+        self.inputs = inputs
         self.future = future
         self.request_id = request_id
 
 
 def _rows(item: _Pending) -> int:
-    return len(item.rows)
+    return len(item.inputs[0])
 
 
-def _forward(slot: ModelSlot, parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    inputs = parts[0] if len(parts) == 1 else np.concatenate(parts)
-    return inputs, slot.predict(inputs)
+def _shape_key(item: _Pending) -> tuple[tuple[int, ...], ...]:
+    return tuple(a.shape[1:] for a in item.inputs)
+
+
+def _forward(slot: ModelSlot, parts: list[tuple[np.ndarray, ...]]) -> tuple[tuple[np.ndarray, ...],
+                                                                              tuple[np.ndarray, ...]]:
+    """Concatenate each input along the batch axis, run one forward, return both."""
+    if len(parts) == 1:
+        inputs = parts[0]
+    else:
+        inputs = tuple(np.concatenate([p[i] for p in parts]) for i in range(len(parts[0])))
+    return inputs, tuple(slot.predict(inputs))
 
 
 class MicroBatcher:
@@ -99,6 +111,7 @@ class MicroBatcher:
         self._observer_logged: dict[str, float] = {}
         self._full = asyncio.Event()
         self._in_flight = False
+        self._in_flight_requests = 0
         self._arrived_in_flight = 0  # rows queued while the current forward runs
         self._inference_hist = metrics.inference_duration.labels(stage.name, role)
         self._batch_hist = metrics.batch_size.labels(stage.name)
@@ -113,9 +126,9 @@ class MicroBatcher:
         return len(self._queue)
 
     @property
-    def in_flight(self) -> bool:
-        """A forward of this batcher is running on the device thread."""
-        return self._in_flight
+    def in_flight(self) -> int:
+        """Requests in the forward running on the device thread now (0: none)."""
+        return self._in_flight_requests
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -128,9 +141,10 @@ class MicroBatcher:
         await self._queue.stop()
 
     # -- requests -----------------------------------------------------------------------------
-    async def submit(self, rows: np.ndarray, request_id: str) -> Prediction:
-        """Queue `rows` (float32, C-contiguous, (n, features)); resolves with this request's outputs."""
-        pending = _Pending(rows, asyncio.get_running_loop().create_future(), request_id)
+    async def submit(self, inputs: tuple[np.ndarray, ...], request_id: str) -> Prediction:
+        """Queue one request's inputs (an array per signature input, batch axis first, C-contiguous);
+        resolves with this request's outputs."""
+        pending = _Pending(inputs, asyncio.get_running_loop().create_future(), request_id)
         queue = self._queue
         if not queue.running:  # batching off (or stopped): run alone, still off the event loop
             if queue.closing and self.settings.enabled:
@@ -139,7 +153,7 @@ class MicroBatcher:
             return pending.future.result()
         queue.put(pending)
         if self._in_flight:
-            self._arrived_in_flight += len(rows)
+            self._arrived_in_flight += len(inputs[0])
         if queue.queued_rows >= queue.max_rows:
             self._full.set()
         return await pending.future
@@ -178,58 +192,70 @@ class MicroBatcher:
             if slot is None:
                 self._fail(batch, ModelNotReady(f"model {self.stage.name!r} has no {self.stage.stage} version loaded"))
                 return
-        width = slot.signature.width
-        if any(item.rows.shape[1] != width for item in batch):
-            # the model was swapped for one with another input width since these requests were checked
-            keep = [item for item in batch if item.rows.shape[1] == width]
-            self._fail([i for i in batch if i.rows.shape[1] != width],
-                       InvalidInput(f"model {self.stage.name!r} v{slot.version} takes {width} features"))
-            batch = keep
+        sig = slot.signature
+        if not all(sig.fits(item.inputs) for item in batch):
+            # the model was swapped for one with another signature since these requests were checked
+            self._fail([i for i in batch if not sig.fits(i.inputs)],
+                       InvalidInput(f"model {self.stage.name!r} v{slot.version} takes "
+                                    + ", ".join(f"{t.name} {t.datatype} {t.shape}" for t in sig.inputs)))
+            batch = [item for item in batch if sig.fits(item.inputs)]
             if not batch:
                 return
+        if not sig.tabular and len({_shape_key(item) for item in batch}) > 1:
+            # other dynamic axes differ between requests: each shape runs as its own batch (no padding)
+            groups: dict[tuple[tuple[int, ...], ...], list[_Pending]] = {}
+            for item in batch:
+                groups.setdefault(_shape_key(item), []).append(item)
+            for group in groups.values():
+                await self._forward(slot, group)
+            return
+        await self._forward(slot, batch)
+
+    async def _forward(self, slot: ModelSlot, batch: list[_Pending]) -> None:
         slot.enter()  # same loop step as reading `current`: a swap cannot slip in between
-        self._in_flight, self._arrived_in_flight = True, 0
+        self._in_flight, self._arrived_in_flight, self._in_flight_requests = True, 0, len(batch)
         started = time.perf_counter()
         try:
-            inputs, outputs = await self.executor.run(_forward, slot, [item.rows for item in batch])
+            inputs, outputs = await self.executor.run(_forward, slot, [item.inputs for item in batch])
         except Exception as exc:  # noqa: BLE001 - reported to the requests, never raised into the loop
             log.error("inference failed for %s v%s: %s", slot.model, slot.version, exc)
             self._fail(batch, InferenceFailed(f"inference failed on {slot.model} v{slot.version}: {exc}"))
             return
         finally:
             slot.exit()
-            self._in_flight = False
+            self._in_flight, self._in_flight_requests = False, 0
         seconds = time.perf_counter() - started
-        self.wait.observe(len(inputs), seconds, self._arrived_in_flight)
+        rows = len(inputs[0])
+        self.wait.observe(rows, seconds, self._arrived_in_flight)
         self.batches += 1
         self._inference_hist.observe(seconds)
-        self._batch_hist.observe(len(inputs))
-        version = slot.version
+        self._batch_hist.observe(rows)
+        version, names = slot.version, slot.signature.output_names
         if len(batch) == 1:
             item = batch[0]
             if not item.future.done():
-                item.future.set_result(Prediction(version, outputs))
+                item.future.set_result(Prediction(version, outputs, names))
             splits = None
         else:
             offset = 0
             bounds = [0]
             for item in batch:
-                end = offset + len(item.rows)
+                end = offset + len(item.inputs[0])
                 if not item.future.done():
-                    item.future.set_result(Prediction(version, outputs[offset:end]))
+                    item.future.set_result(Prediction(version, tuple(out[offset:end] for out in outputs), names))
                 offset = end
                 bounds.append(end)
             splits = bounds
         if self.observers:
             self._notify(slot, batch, inputs, outputs, splits, seconds)
 
-    def _notify(self, slot: ModelSlot, batch: list[_Pending], inputs: np.ndarray, outputs: np.ndarray,
-                splits: list[int] | None, seconds: float) -> None:
+    def _notify(self, slot: ModelSlot, batch: list[_Pending], inputs: tuple[np.ndarray, ...],
+                outputs: tuple[np.ndarray, ...], splits: list[int] | None, seconds: float) -> None:
         done = CompletedBatch(
-            model=slot.model, stage=slot.stage, role=self.role, version=slot.version, inputs=inputs, outputs=outputs,
-            request_ids=tuple(item.request_id for item in batch),
-            row_splits=np.asarray(splits if splits is not None else [0, len(inputs)], dtype=np.int64),
-            inference_seconds=seconds,
+            model=slot.model, stage=slot.stage, role=self.role, version=slot.version, inputs=inputs[0],
+            outputs=outputs[0], request_ids=tuple(item.request_id for item in batch),
+            row_splits=np.asarray(splits if splits is not None else [0, len(inputs[0])], dtype=np.int64),
+            inference_seconds=seconds, all_inputs=inputs, all_outputs=outputs,
         )
         for observer in list(self.observers):
             try:

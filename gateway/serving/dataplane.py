@@ -91,8 +91,8 @@ class DataPlane:
             raise ModelNotReady(f"model {model.name!r} has no {PRIMARY_STAGE} version loaded yet")
         return sig
 
-    async def infer(self, model: ServedModel, rows: np.ndarray, request_id: str) -> Prediction:
-        return await model.batcher.submit(rows, request_id)
+    async def infer(self, model: ServedModel, inputs: tuple[np.ndarray, ...], request_id: str) -> Prediction:
+        return await model.batcher.submit(inputs, request_id)
 
     def observe(self, name: str, observer: BatchObserver) -> Callable[[], None]:
         """Register a primary-batch observer (see `inferloop.gateway.serving.batcher`); returns a function that removes it."""
@@ -115,7 +115,9 @@ class DataPlane:
         slot = model.primary.current
         if slot is None:
             raise ModelNotReady(f"model {name!r} has no {PRIMARY_STAGE} version loaded yet")
-        return slot.version, model_metadata(name, slot.version, slot.signature, PRIMARY_STAGE)
+        platform = {"onnx": "onnxruntime_onnx", "torch.export": "pytorch_export"}.get(slot.manifest.artifact.format,
+                                                                                       "pytorch")
+        return slot.version, model_metadata(name, slot.version, slot.signature, PRIMARY_STAGE, platform)
 
     def live_state(self) -> Iterable[tuple[str, dict[str, str], float]]:
         """Scrape-time gauges: slots per lifecycle state, rows queued per batcher."""

@@ -15,7 +15,8 @@ import numpy as np
 from inferloop.gateway.errors import LoadFailed
 from inferloop.gateway.serving.slot import ModelSlot, SlotState
 from inferloop.registry import RegistryError
-from inferloop.registry.artifact import load_module
+from inferloop.registry.packaging import NUMPY_DTYPES
+from inferloop.registry.runnable import open_runnable
 
 if TYPE_CHECKING:
     from inferloop.gateway.serving.blob_cache import BlobCache
@@ -38,12 +39,12 @@ class SlotLoader:
         except RegistryError as exc:
             raise LoadFailed(f"{label}: cannot fetch artifact: {exc}", "fetch") from exc
         try:
-            module = await self.executor.run(load_module, data, manifest.artifact.spec, manifest.artifact.format,
-                                             self.device)
+            runnable = await self.executor.run(open_runnable, data, manifest.artifact, manifest.signature,
+                                               self.device)
         except (RegistryError, RuntimeError, ValueError, TypeError) as exc:
             phase = "memory" if "out of memory" in str(exc).lower() else "load"
             raise LoadFailed(f"{label}: cannot load artifact: {exc}", phase) from exc
-        slot.attach(module)
+        slot.attach(runnable)
         slot.state = SlotState.WARMING
         try:
             self._check_spec(slot)
@@ -60,26 +61,57 @@ class SlotLoader:
     @staticmethod
     def _check_spec(slot: ModelSlot) -> None:
         spec, sig = slot.manifest.artifact.spec, slot.signature
+        if spec is None:
+            return  # programs and ONNX models carry their signature; warm-up checks it
         if spec.in_features != sig.width or spec.out_features != sig.outputs:
             raise LoadFailed(f"{slot.model} v{slot.version}: architecture takes {spec.in_features} inputs and gives "
                              f"{spec.out_features} outputs, but the signature declares {sig.width} features and "
                              f"{sig.outputs} outputs", "load")
 
     @staticmethod
-    def _warm_up(slot: ModelSlot) -> None:
+    def _warmup_inputs(slot: ModelSlot) -> tuple[np.ndarray, ...]:
+        sig, manifest = slot.signature, slot.manifest
+        label = f"{slot.model} v{slot.version}"
+        if not manifest.warmup_inputs:
+            rows = np.asarray(manifest.warmup, dtype=np.float32)
+            if rows.size == 0:
+                rows = np.zeros((1, sig.width), dtype=np.float32)
+            if rows.ndim != 2 or rows.shape[1] != sig.width:
+                raise LoadFailed(f"{label}: warm-up rows have shape {list(rows.shape)}, expected [n, {sig.width}]",
+                                 "warmup")
+            return (np.ascontiguousarray(rows),)
+        arrays = []
+        for spec in sig.inputs:
+            try:
+                values = np.asarray(manifest.warmup_inputs[spec.name], dtype=NUMPY_DTYPES.get(spec.datatype))
+            except (KeyError, ValueError, TypeError) as exc:
+                raise LoadFailed(f"{label}: warm-up input {spec.name!r} is missing or unreadable ({exc})",
+                                 "warmup") from None
+            if values.ndim != len(spec.shape) or any(d not in (-1, n) for d, n in zip(spec.shape, values.shape,
+                                                                                       strict=False)):
+                raise LoadFailed(f"{label}: warm-up input {spec.name!r} has shape {list(values.shape)}, the "
+                                 f"signature says {spec.shape}", "warmup")
+            arrays.append(np.ascontiguousarray(values))
+        return tuple(arrays)
+
+    @classmethod
+    def _warm_up(cls, slot: ModelSlot) -> None:
         sig = slot.signature
-        rows = np.asarray(slot.manifest.warmup, dtype=np.float32)
-        if rows.size == 0:
-            rows = np.zeros((1, sig.width), dtype=np.float32)
-        if rows.ndim != 2 or rows.shape[1] != sig.width:
-            raise LoadFailed(f"{slot.model} v{slot.version}: warm-up rows have shape {list(rows.shape)}, "
-                             f"expected [n, {sig.width}]", "warmup")
-        for batch in (rows[:1], rows):
-            out = slot.predict(np.ascontiguousarray(batch))
-            if out.shape != (len(batch), sig.outputs):
-                raise LoadFailed(f"{slot.model} v{slot.version}: warm-up output has shape {list(out.shape)}, "
-                                 f"the signature says [{len(batch)}, {sig.outputs}]", "warmup")
-            if not np.isfinite(out).all():
-                bad = int((~np.isfinite(out)).sum())
-                raise LoadFailed(f"{slot.model} v{slot.version}: warm-up produced {bad} non-finite output(s) "
-                                 f"(NaN/Inf) from {len(batch)} row(s)", "warmup")
+        label = f"{slot.model} v{slot.version}"
+        inputs = cls._warmup_inputs(slot)
+        for batch in (tuple(a[:1] for a in inputs), inputs):
+            n = len(batch[0])
+            outputs = slot.predict(batch)
+            if len(outputs) != len(sig.output_specs):
+                raise LoadFailed(f"{label}: warm-up gave {len(outputs)} outputs, the signature declares "
+                                 f"{len(sig.output_specs)}", "warmup")
+            for spec, out in zip(sig.output_specs, outputs, strict=True):
+                expected = [n, *spec.shape[1:]]
+                if out.ndim != len(expected) or any(d not in (-1, m) for d, m in zip(expected, out.shape,
+                                                                                      strict=False)):
+                    raise LoadFailed(f"{label}: warm-up output {spec.name!r} has shape {list(out.shape)}, the "
+                                     f"signature says {expected}", "warmup")
+                if out.dtype.kind == "f" and not np.isfinite(out).all():
+                    bad = int((~np.isfinite(out)).sum())
+                    raise LoadFailed(f"{label}: warm-up produced {bad} non-finite value(s) (NaN/Inf) in output "
+                                     f"{spec.name!r} from {n} row(s)", "warmup")

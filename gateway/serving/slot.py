@@ -20,10 +20,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from torch import nn
+from inferloop.registry.manifest import TensorSpec
+from inferloop.registry.packaging import NUMPY_DTYPES
 
+if TYPE_CHECKING:
     from inferloop.registry import VersionManifest
+    from inferloop.registry.runnable import Runnable
 
 
 class SlotState(enum.StrEnum):
@@ -38,26 +40,57 @@ class SlotState(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ModelSignature:
-    """What a request must look like and what comes back, from the manifest."""
+    """What a request must look like and what comes back, from the manifest.
+
+    `tabular`: one FP32 input `[n, len(features)]` (the v1 predict form, per-feature tensors and
+    per-feature drift apply); otherwise requests carry the named tensors of `inputs`."""
 
     features: tuple[str, ...]
     outputs: int
     output_kind: str
     classes: tuple[str, ...]
+    inputs: tuple[TensorSpec, ...]
+    output_specs: tuple[TensorSpec, ...]
+    tabular: bool
+    dtypes: tuple[np.dtype, ...]  # the numpy dtype of each input
+    output_names: tuple[str, ...]
 
     @classmethod
     def of(cls, manifest: VersionManifest) -> ModelSignature:
         sig = manifest.signature
-        return cls(tuple(f.name for f in sig.features), sig.outputs, sig.output_kind, tuple(sig.classes))
+        inputs = tuple(sig.tensor_inputs())
+        tabular = bool(sig.features) and len(inputs) == 1 and inputs[0].datatype == "FP32" \
+            and inputs[0].shape == [-1, len(sig.features)]
+        dtypes = tuple(np.dtype(NUMPY_DTYPES.get(t.datatype, "float32")) for t in inputs)
+        outputs = tuple(sig.tensor_outputs())
+        return cls(tuple(f.name for f in sig.features), sig.outputs, sig.output_kind, tuple(sig.classes),
+                   inputs, outputs, tabular, dtypes, tuple(t.name for t in outputs))
 
     @property
     def width(self) -> int:
         return len(self.features)
 
+    def same_inputs(self, other: ModelSignature) -> bool:
+        """Whether requests for one version fit the other (names, datatypes, shapes)."""
+        return self.inputs == other.inputs
+
+    def fits(self, arrays: tuple[np.ndarray, ...]) -> bool:
+        """Whether decoded request arrays fit this version (checked again at batch time: a swap may
+        have brought a version with another signature since the request was decoded)."""
+        if len(arrays) != len(self.inputs):
+            return False
+        for array, spec, dtype in zip(arrays, self.inputs, self.dtypes, strict=True):
+            if array.dtype != dtype or array.ndim != len(spec.shape):
+                return False
+            for want, got in zip(spec.shape[1:], array.shape[1:], strict=True):
+                if want != -1 and want != got:
+                    return False
+        return True
+
 
 class ModelSlot:
     __slots__ = ("_drained", "device", "footprint_bytes", "inflight", "load_seconds", "loaded_at", "manifest",
-                 "model", "module", "signature", "stage", "state", "version", "_postprocess")
+                 "model", "runnable", "signature", "stage", "state", "version")
 
     def __init__(self, manifest: VersionManifest, stage: str, device: str) -> None:
         self.model = manifest.name
@@ -66,42 +99,29 @@ class ModelSlot:
         self.manifest = manifest
         self.signature = ModelSignature.of(manifest)
         self.device = device
-        self.module: nn.Module | None = None
+        self.runnable: Runnable | None = None
         self.state = SlotState.LOADING
         self.inflight = 0
         self.footprint_bytes = 0
         self.loaded_at = 0.0
         self.load_seconds = 0.0
         self._drained = asyncio.Event()
-        self._postprocess = self.signature.output_kind
 
     def __repr__(self) -> str:
         return f"<ModelSlot {self.model} v{self.version} {self.stage} {self.state} inflight={self.inflight}>"
 
     # -- loading (called by SlotLoader) -------------------------------------------------------
-    def attach(self, module: nn.Module) -> None:
-        self.module = module
-        self.footprint_bytes = sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+    def attach(self, runnable: Runnable) -> None:
+        self.runnable = runnable
+        self.footprint_bytes = runnable.footprint_bytes
 
     # -- inference (executor thread) ----------------------------------------------------------
-    def predict(self, rows: np.ndarray) -> np.ndarray:
-        """Forward pass on a float32 (n, width) batch; binary → sigmoid, multiclass → softmax."""
-        import torch
-
-        module = self.module
-        if module is None:
+    def predict(self, inputs: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+        """One forward: an array per signature input (batch first) in, an array per output out."""
+        runnable = self.runnable
+        if runnable is None:
             raise RuntimeError(f"{self.model} v{self.version} was released while a batch was running on it")
-        x = torch.from_numpy(rows)
-        if self.device != "cpu":
-            x = x.to(self.device, non_blocking=True)
-        with torch.inference_mode():
-            y = module(x)
-            if self._postprocess == "binary":
-                y = torch.sigmoid(y)
-            elif self._postprocess == "multiclass":
-                y = torch.softmax(y, dim=1)
-            out: np.ndarray = y.float().cpu().numpy()
-            return out
+        return runnable.run(inputs)
 
     # -- use counting (event loop) ------------------------------------------------------------
     def enter(self) -> None:
@@ -134,13 +154,13 @@ class ModelSlot:
         self.state = SlotState.STANDBY
 
     def release(self) -> None:
-        """Drop the module; the caller empties the CUDA cache once the references are gone."""
-        self.module = None
+        """Drop the model; the caller empties the CUDA cache once the references are gone."""
+        self.runnable = None
         if self.state is not SlotState.FAILED:
             self.state = SlotState.RELEASED
 
     def fail(self) -> None:
-        self.module = None
+        self.runnable = None
         self.state = SlotState.FAILED
 
     def describe(self) -> dict[str, object]:

@@ -100,8 +100,8 @@ class ShadowBudget:
 
 @dataclass(slots=True)
 class _Mirrored:
-    inputs: np.ndarray  # the sampled requests' rows
-    primary: np.ndarray  # their primary outputs
+    inputs: tuple[np.ndarray, ...]  # the sampled requests' rows of every input
+    primary: np.ndarray  # their primary's first output (compared by name with the shadow's)
     request_ids: list[str]
     splits: list[int]  # row offsets of each request in `inputs`
     primary_version: int
@@ -110,7 +110,7 @@ class _Mirrored:
 
 
 def _rows(item: _Mirrored) -> int:
-    return len(item.inputs)
+    return len(item.inputs[0])
 
 
 def _requests(items: list[_Mirrored]) -> int:
@@ -142,12 +142,13 @@ class ShadowMirror:
         self.comparison: ShadowComparison | None = None
         self._queue: WorkQueue[_Mirrored] = WorkQueue(f"shadow-{model}", _rows, settings.max_batch_rows)
         self._stuck: asyncio.Future[Any] | None = None
+        self._checked: tuple[tuple[int, int] | None, bool] = (None, False)  # (primary, shadow) version pair
         self._stream: Any = None
         self.mirrored = 0
         self._promoted: set[tuple[int | None, int | None]] = set()
         self.dropped: dict[str, int] = {}
         self.errors: dict[str, int] = {}
-        for reason in ("queue_full", "budget", "busy", "no_shadow"):  # series exist at 0 before the first drop
+        for reason in ("queue_full", "budget", "busy", "no_shadow", "signature_mismatch"):  # 0 before the first drop
             metrics.shadow_dropped.labels(model, reason)
         for reason in ("exception", "non_finite", "timeout", "internal"):
             metrics.shadow_errors.labels(model, reason)
@@ -180,22 +181,47 @@ class ShadowMirror:
             self._log_unmirrored(batch, [i for i in range(len(ids)) if i not in chosen_set])
         if not chosen:
             return
+        if not self._compatible(shadow):
+            self._drop("signature_mismatch", len(chosen))
+            return
+        all_inputs = batch.all_inputs or (batch.inputs,)
         if len(chosen) == len(ids):
-            inputs, primary = batch.inputs, batch.outputs
+            inputs, primary = all_inputs, batch.outputs
             new_splits = [int(s) for s in splits]
             rids = list(ids)
         else:
             rows = np.concatenate([np.arange(splits[i], splits[i + 1]) for i in chosen])
-            inputs, primary = batch.inputs[rows], batch.outputs[rows]
+            inputs, primary = tuple(a[rows] for a in all_inputs), batch.outputs[rows]
             new_splits = [0]
             for i in chosen:
                 new_splits.append(new_splits[-1] + int(splits[i + 1] - splits[i]))
             rids = [ids[i] for i in chosen]
-        if self._queue.queued_rows + len(inputs) > self.settings.queue_rows:
+        if self._queue.queued_rows + len(primary) > self.settings.queue_rows:
             self._drop("queue_full", len(rids))
             return
         self._queue.put(_Mirrored(inputs, primary, rids, new_splits, batch.version, batch.inference_seconds,
                                   time.time()))
+
+    def _compatible(self, shadow: ModelSlot) -> bool:
+        """A shadow must take the primary's inputs and give an output named like the primary's first
+        one; otherwise its requests are dropped (`reason="signature_mismatch"`), logged once per pair."""
+        primary = self.primary_stage.current
+        if primary is None:
+            return False
+        pair = (primary.version, shadow.version)
+        if self._checked[0] != pair:
+            ok = shadow.signature.same_inputs(primary.signature) \
+                and primary.signature.output_names[0] in shadow.signature.output_names
+            self._checked = (pair, ok)
+            if not ok:
+                log.error("%s: shadow v%s cannot be compared with production v%s: their signatures differ "
+                          "(shadow takes %s and gives %s; production takes %s and gives %s); its mirrored requests "
+                          "are dropped", self.model, shadow.version, primary.version,
+                          [(t.name, t.datatype, t.shape) for t in shadow.signature.inputs],
+                          list(shadow.signature.output_names),
+                          [(t.name, t.datatype, t.shape) for t in primary.signature.inputs],
+                          list(primary.signature.output_names))
+        return self._checked[1]
 
     def _drop(self, reason: str, requests: int) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + requests
@@ -245,7 +271,10 @@ class ShadowMirror:
         self._error("internal", _requests(items))
 
     async def _run(self, slot: ModelSlot, items: list[_Mirrored], requests: int) -> None:
-        inputs = items[0].inputs if len(items) == 1 else np.concatenate([i.inputs for i in items])
+        if len(items) == 1:
+            inputs = items[0].inputs
+        else:
+            inputs = tuple(np.concatenate([i.inputs[k] for i in items]) for k in range(len(items[0].inputs)))
         slot.enter()
         started = time.perf_counter()
         future = asyncio.ensure_future(self.executor.run(self._predict, slot, inputs))
@@ -276,21 +305,24 @@ class ShadowMirror:
         comparison = self._comparison(items[0].primary_version, slot)
         offset = 0
         for item in items:
-            n = len(item.inputs)
+            n = len(item.primary)
             comparison.add(item.primary, outputs[offset:offset + n], item.primary_seconds, seconds)
             offset += n
         self._log_joined(items, slot.version, outputs, seconds, None)
 
-    def _predict(self, slot: ModelSlot, inputs: np.ndarray) -> np.ndarray:
+    def _predict(self, slot: ModelSlot, inputs: tuple[np.ndarray, ...]) -> np.ndarray:
+        """The shadow's output named like the primary's first output (checked by `_compatible`)."""
+        primary = self.primary_stage.current
+        name = primary.signature.output_names[0] if primary is not None else slot.signature.output_names[0]
+        index = slot.signature.output_names.index(name) if name in slot.signature.output_names else 0
         if slot.device.startswith("cuda"):
             import torch
 
             if self._stream is None:
                 self._stream = torch.cuda.Stream(device=slot.device, priority=0)  # 0 = lowest priority
             with torch.cuda.stream(self._stream):
-                out = slot.predict(inputs)
-            return out
-        return slot.predict(inputs)
+                return slot.predict(inputs)[index]
+        return slot.predict(inputs)[index]
 
     def _comparison(self, primary_version: int, slot: ModelSlot) -> ShadowComparison:
         cmp = self.comparison
@@ -314,10 +346,10 @@ class ShadowMirror:
                 plog.submit(PredictionRecord(
                     time=item.at, request_id=rid, model=self.model, primary_version=item.primary_version,
                     primary_output=item.primary[a:b].tolist(), primary_latency_ms=item.primary_seconds * 1e3,
-                    inputs=item.inputs[a:b].tolist(), mirrored=True, shadow_version=shadow_version,
+                    inputs=item.inputs[0][a:b].tolist(), mirrored=True, shadow_version=shadow_version,
                     shadow_output=outputs[offset + a:offset + b].tolist() if outputs is not None else None,
                     shadow_latency_ms=seconds * 1e3 if seconds is not None else None, shadow_error=error))
-            offset += len(item.inputs)
+            offset += len(item.primary)
 
     # -- the report and promotion on evidence -------------------------------------------------
     def current_report(self) -> ShadowReport | None:

@@ -59,18 +59,19 @@ def _decode_v2(body: bytes, head: RequestHeaders, sig: ModelSignature, max_rows:
 
 
 def _respond_v2(name: str, prediction: Prediction, call: InferCall) -> Encoded:
-    body, json_length = encode_infer(name, prediction.version, call.id, prediction.outputs, call.binary_output)
+    body, json_length = encode_infer(name, prediction.version, call.id, prediction.outputs, prediction.output_names,
+                                     call.binary_output, call.selected)
     if json_length is None:
         return body, (), JSON
     return body, ((b"inference-header-content-length", str(json_length).encode()),), b"application/octet-stream"
 
 
 def _decode_v1(body: bytes, head: RequestHeaders, sig: ModelSignature, max_rows: int) -> InferCall:
-    return InferCall(decode_predict(body, sig, max_rows), None, False)
+    return InferCall((decode_predict(body, sig, max_rows),), None, False)
 
 
 def _respond_v1(name: str, prediction: Prediction, call: InferCall) -> Encoded:
-    return encode_predict(name, prediction.version, prediction.outputs), (), JSON
+    return encode_predict(name, prediction.version, prediction.outputs[0]), (), JSON
 
 
 V2_INFER = Route(True, _decode_v2, _respond_v2)
@@ -145,7 +146,7 @@ class InferenceRoutes:
             check_json_body(head.content_type, route.binary_allowed)
             model = plane.served(name)
             call = route.decode(await read_body(head), head, plane.signature(model), self.max_rows)
-            prediction = await plane.infer(model, call.rows, head.request_id)
+            prediction = await plane.infer(model, call.inputs, head.request_id)
             payload, extra_headers, media = route.respond(name, prediction, call)
         except Exception as exc:  # noqa: BLE001 - every error is answered, never raised into the server
             return self.refuse(exc, name, method, path, raw_headers, head.request_id if head else None, started)

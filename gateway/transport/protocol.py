@@ -4,11 +4,17 @@ v1 `{"instances": ...}` form, decoded with msgspec straight from the body bytes.
 Everything a request can get wrong becomes `InvalidInput` with a message that names the input,
 the shape or the row; nothing here raises anything else for bad input.
 
-Input layouts accepted for a model with features f1..fk:
+Tabular models (one FP32 input of features f1..fk) accept:
 - one tensor of shape [n, k] (any name; metadata calls it "input"), or
-- one tensor per feature, named by the feature, each of shape [n] or [n, 1].
-Output: one FP32 tensor "output" of shape [n, outputs] (binary: sigmoid probability, multiclass:
-softmax probabilities, regression: the raw value).
+- one tensor per feature, named by the feature, each of shape [n] or [n, 1];
+and answer one FP32 tensor "output" of shape [n, outputs] (binary: probability of class 1,
+multiclass: class probabilities, regression: the raw value).
+
+Every other model declares named tensors (`ModelSignature.inputs` / `output_specs`): a request sends
+each input by name (a single-input model takes its one tensor under any name), of the declared
+datatype (a float input also takes any float or integer datatype, an integer input any integer
+datatype, values checked), with the declared shape (-1: any size; axis 0 is the batch and must agree
+across inputs). The answer holds every output, or those named in `outputs`.
 """
 
 from __future__ import annotations
@@ -72,7 +78,7 @@ class OutputTensor(msgspec.Struct, omit_defaults=True):
     name: str
     datatype: str
     shape: list[int]
-    data: list[float] | None = None
+    data: list[Any] | None = None
     parameters: dict[str, Any] | None = None
 
 
@@ -98,9 +104,10 @@ class PredictResponse(msgspec.Struct):
 
 
 class InferCall(NamedTuple):
-    rows: np.ndarray  # (n, features) float32, C-contiguous, finite
+    inputs: tuple[np.ndarray, ...]  # one per signature input, C-contiguous, of its dtype (tabular: finite FP32)
     id: str | None
     binary_output: bool
+    selected: tuple[int, ...] | None = None  # indices of the outputs asked for (None: all)
 
 
 _T = TypeVar("_T")
@@ -145,18 +152,13 @@ def check_row_count(n: int, max_rows: int) -> None:
 
 # -- Open Inference Protocol v2 ---------------------------------------------------------------
 def decode_infer(body: bytes, header_length: int | None, sig: ModelSignature, max_rows: int) -> InferCall:
+    if not sig.tabular:
+        return decode_tensors(body, header_length, sig, max_rows)
     if header_length is None:
         fast = _decode_single_flat(body, sig, max_rows)
         if fast is not None:
             return fast
-    binary: bytes | memoryview = b""
-    header: bytes | memoryview = body  # the JSON part: the whole body unless binary tensors follow it
-    if header_length is not None:
-        if not 0 < header_length <= len(body):
-            raise InvalidInput(f"Inference-Header-Content-Length {header_length} does not fit a body of "
-                               f"{len(body)} bytes")
-        binary, header = memoryview(body)[header_length:], memoryview(body)[:header_length]
-    request: InferRequest = _decode(_request, header, "inference request")
+    request, binary = _split_request(body, header_length)
     if not request.inputs:
         raise InvalidInput("'inputs' is empty: send one tensor of shape [n, "
                            f"{sig.width}] or one tensor per feature")
@@ -167,7 +169,121 @@ def decode_infer(body: bytes, header_length: int | None, sig: ModelSignature, ma
         rows = checked_rows(rows, sig.features)
     elif not rows.flags.c_contiguous:
         rows = np.ascontiguousarray(rows)
-    return InferCall(rows, request.id, _wants_binary(request))
+    return InferCall((rows,), request.id, *_wanted_outputs(request, sig))
+
+
+def _split_request(body: bytes, header_length: int | None) -> tuple[InferRequest, bytes | memoryview]:
+    """The JSON request, and the binary tensor bytes after it (Triton's binary extension)."""
+    binary: bytes | memoryview = b""
+    header: bytes | memoryview = body  # the JSON part: the whole body unless binary tensors follow it
+    if header_length is not None:
+        if not 0 < header_length <= len(body):
+            raise InvalidInput(f"Inference-Header-Content-Length {header_length} does not fit a body of "
+                               f"{len(body)} bytes")
+        binary, header = memoryview(body)[header_length:], memoryview(body)[:header_length]
+    return _decode(_request, header, "inference request"), binary
+
+
+def describe_inputs(sig: ModelSignature) -> str:
+    return ", ".join(f"{t.name} {t.datatype} {t.shape}" for t in sig.inputs)
+
+
+def decode_tensors(body: bytes, header_length: int | None, sig: ModelSignature, max_rows: int) -> InferCall:
+    """A request for a model with named tensor inputs: each input by name, datatype and shape checked."""
+    request, binary = _split_request(body, header_length)
+    if not request.inputs:
+        raise InvalidInput(f"'inputs' is empty: this model takes {describe_inputs(sig)}")
+    by_name: dict[str, np.ndarray] = {}
+    offset = 0
+    single = len(sig.inputs) == 1 and len(request.inputs) == 1
+    for tensor in request.inputs:
+        index = 0 if single else next((i for i, t in enumerate(sig.inputs) if t.name == tensor.name), None)
+        if index is None:
+            raise InvalidInput(f"unknown input {tensor.name!r}: this model takes {describe_inputs(sig)}")
+        spec = sig.inputs[index]
+        if spec.name in by_name:
+            raise InvalidInput(f"input {tensor.name!r} appears twice")
+        values, offset = _tensor_values(tensor, binary, offset, spec.datatype, sig.dtypes[index])
+        _check_shape(tensor.name, values.shape, spec.shape)
+        by_name[spec.name] = values
+    missing = [t.name for t in sig.inputs if t.name not in by_name]
+    if missing:
+        raise InvalidInput(f"missing input(s) {', '.join(missing)}: this model takes {describe_inputs(sig)}")
+    arrays = tuple(by_name[t.name] for t in sig.inputs)
+    rows = {len(a) for a in arrays}
+    if len(rows) != 1:
+        raise InvalidInput(f"inputs have different batch sizes (axis 0): "
+                           f"{ {t.name: len(a) for t, a in zip(sig.inputs, arrays, strict=True)} }")
+    check_row_count(len(arrays[0]), max_rows)
+    return InferCall(arrays, request.id, *_wanted_outputs(request, sig))
+
+
+_FLOATS, _INTS = {"FP16", "FP32", "FP64", "BF16"}, {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32",
+                                                     "UINT64"}
+
+
+def _json_bools(raw: bytes, name: str) -> np.ndarray:
+    try:
+        values = np.asarray(msgspec.json.decode(raw))
+    except (msgspec.DecodeError, ValueError):
+        raise InvalidInput(f"data of input {name!r} is not a (nested) list of true/false values") from None
+    if values.dtype != bool:
+        raise InvalidInput(f"data of input {name!r} must hold true/false values (datatype BOOL)")
+    return values
+
+
+def _tensor_values(tensor: InferInput, binary: bytes | memoryview, offset: int, declared: str, dtype: np.dtype
+                   ) -> tuple[np.ndarray, int]:
+    """One input's values as an array of the declared dtype, and the next binary offset."""
+    sent = tensor.datatype
+    if not (sent == declared or (declared in _FLOATS and (sent in _FLOATS or sent in _INTS))
+            or (declared in _INTS and sent in _INTS)):
+        raise InvalidInput(f"input {tensor.name!r} has datatype {sent!r}; this model takes {declared}")
+    if any(not isinstance(d, int) or d < 0 for d in tensor.shape):
+        raise InvalidInput(f"input {tensor.name!r} has an invalid shape {tensor.shape}")
+    count = math.prod(tensor.shape)
+    size = (tensor.parameters or {}).get("binary_data_size")
+    if size is not None:
+        wire = "?" if sent == "BOOL" else NUMERIC_DTYPES.get(sent)
+        if wire is None:
+            raise InvalidInput(f"input {tensor.name!r}: datatype {sent!r} cannot travel as binary data")
+        values = _binary_values(tensor, binary, offset, size, count, wire)
+        offset += size
+    elif len(tensor.data):
+        raw = bytes(tensor.data)
+        if sent == "BOOL":
+            values = _json_bools(raw, tensor.name)
+        else:
+            values, _ = _json_values(tensor)
+    else:
+        raise InvalidInput(f"input {tensor.name!r} has no 'data' (and no binary_data_size)")
+    if values.size != count:
+        raise InvalidInput(f"input {tensor.name!r} has shape {tensor.shape} ({count} values) but its data holds "
+                           f"{values.size} values")
+    return _as_declared(tensor.name, values.reshape(tensor.shape), dtype), offset
+
+
+def _as_declared(name: str, values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if values.dtype == dtype:
+        return np.ascontiguousarray(values)
+    if dtype.kind == "f":
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            raise InvalidInput(f"input {name!r} holds NaN or Inf: inputs must be finite")
+        limit = float(np.finfo(dtype).max)
+        if values.size and float(np.abs(values).max()) > limit:
+            raise InvalidInput(f"input {name!r} holds values beyond the {dtype} range")
+    elif dtype.kind in "iu":
+        if values.dtype.kind == "f" and not (np.isfinite(values).all() and (values == np.round(values)).all()):
+            raise InvalidInput(f"input {name!r} must hold integers")
+        info = np.iinfo(dtype)
+        if values.size and (values.min() < info.min or values.max() > info.max):
+            raise InvalidInput(f"input {name!r} holds values outside the {dtype} range [{info.min}, {info.max}]")
+    return np.ascontiguousarray(values, dtype=dtype)
+
+
+def _check_shape(name: str, got: tuple[int, ...], declared: list[int]) -> None:
+    if len(got) != len(declared) or any(want not in (-1, n) for want, n in zip(declared[1:], got[1:], strict=True)):
+        raise InvalidInput(f"input {name!r} has shape {list(got)}; this model takes {declared} (-1: any size)")
 
 
 def _decode_single_flat(body: bytes, sig: ModelSignature, max_rows: int) -> InferCall | None:
@@ -185,7 +301,7 @@ def _decode_single_flat(body: bytes, sig: ModelSignature, max_rows: int) -> Infe
             or not 0 < shape[0] <= max_rows or shape[0] * shape[1] != len(data)
             or min(data) < -FLOAT32_MAX or max(data) > FLOAT32_MAX):
         return None
-    return InferCall(np.array(data, dtype=np.float32).reshape(shape), request.id, _wants_binary(request))
+    return InferCall((np.array(data, dtype=np.float32).reshape(shape),), request.id, *_wanted_outputs(request, sig))
 
 
 def _input_values(inputs: list[InferInput], binary: bytes | memoryview) -> tuple[list[np.ndarray], bool]:
@@ -204,7 +320,7 @@ def _input_values(inputs: list[InferInput], binary: bytes | memoryview) -> tuple
         count = math.prod(tensor.shape)
         size = (tensor.parameters or {}).get("binary_data_size")
         if size is not None:
-            values = _binary_values(tensor, binary, offset, size, count, dtype)
+            values = _binary_values(tensor, binary, offset, size, count, dtype).astype(np.float64)
             offset += size
             checked = False
         elif len(tensor.data):
@@ -228,7 +344,7 @@ def _binary_values(tensor: InferInput, binary: bytes | memoryview, offset: int, 
     if size != count * itemsize:
         raise InvalidInput(f"input {tensor.name!r}: shape {tensor.shape} of {tensor.datatype} needs "
                            f"{count * itemsize} bytes, binary_data_size is {size}")
-    return np.frombuffer(binary[offset:offset + size], dtype=dtype).astype(np.float64)
+    return np.frombuffer(binary[offset:offset + size], dtype=dtype)
 
 
 def _json_values(tensor: InferInput) -> tuple[np.ndarray, bool]:
@@ -275,35 +391,54 @@ def _assemble(inputs: list[InferInput], tensors: list[np.ndarray], sig: ModelSig
     return np.stack([by_name[f] for f in sig.features], axis=1)
 
 
-def _wants_binary(request: InferRequest | FlatRequest) -> bool:
+def _wanted_outputs(request: InferRequest | FlatRequest, sig: ModelSignature) -> tuple[bool, tuple[int, ...] | None]:
+    """Whether outputs travel as binary data, and which outputs were asked for (None: all)."""
     if request.outputs:
+        names = [t.name for t in sig.output_specs]
+        selected = []
         for out in request.outputs:
-            if out.name != OUTPUT_NAME:
-                raise InvalidInput(f"unknown output {out.name!r}: this model gives {OUTPUT_NAME!r}")
-        return any(bool((o.parameters or {}).get("binary_data")) for o in request.outputs)
-    return bool((request.parameters or {}).get("binary_data_output"))
+            if out.name not in names:
+                raise InvalidInput(f"unknown output {out.name!r}: this model gives {', '.join(map(repr, names))}")
+            selected.append(names.index(out.name))
+        return any(bool((o.parameters or {}).get("binary_data")) for o in request.outputs), tuple(selected)
+    return bool((request.parameters or {}).get("binary_data_output")), None
 
 
-def encode_infer(model: str, version: int, request_id: str | None, outputs: np.ndarray,
-                 binary: bool) -> tuple[bytes, int | None]:
+DATATYPE_OF = {"float32": "FP32", "float16": "FP16", "float64": "FP64", "int64": "INT64", "int32": "INT32",
+               "int16": "INT16", "int8": "INT8", "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32",
+               "uint64": "UINT64", "bool": "BOOL"}
+
+
+def encode_infer(model: str, version: int, request_id: str | None, outputs: tuple[np.ndarray, ...],
+                 names: tuple[str, ...], binary: bool, selected: tuple[int, ...] | None = None
+                 ) -> tuple[bytes, int | None]:
     """The response body, and the JSON header's length when outputs travel as binary."""
-    shape = list(outputs.shape)
+    tensors, raws = [], []
+    for i in selected if selected is not None else range(len(outputs)):
+        out = outputs[i]
+        datatype = DATATYPE_OF.get(out.dtype.name, "FP32")
+        if datatype == "FP32" and out.dtype.name != "float32":
+            out = out.astype(np.float32)
+        if binary:
+            raw = np.ascontiguousarray(out, dtype=out.dtype.newbyteorder("<")).tobytes()
+            raws.append(raw)
+            tensors.append(OutputTensor(names[i], datatype, list(out.shape), parameters={"binary_data_size": len(raw)}))
+        else:
+            tensors.append(OutputTensor(names[i], datatype, list(out.shape), out.ravel().tolist()))
+    header = _encoder.encode(InferResponse(model, str(version), tensors, request_id))
     if binary:
-        raw = np.ascontiguousarray(outputs, dtype="<f4").tobytes()
-        tensor = OutputTensor(OUTPUT_NAME, "FP32", shape, parameters={"binary_data_size": len(raw)})
-        header = _encoder.encode(InferResponse(model, str(version), [tensor], request_id))
-        return header + raw, len(header)
-    tensor = OutputTensor(OUTPUT_NAME, "FP32", shape, outputs.ravel().tolist())
-    return _encoder.encode(InferResponse(model, str(version), [tensor], request_id)), None
+        return header + b"".join(raws), len(header)
+    return header, None
 
 
-def model_metadata(name: str, version: int, sig: ModelSignature, stage: str) -> dict[str, Any]:
+def model_metadata(name: str, version: int, sig: ModelSignature, stage: str, platform: str = "pytorch"
+                   ) -> dict[str, Any]:
     return {
         "name": name,
         "versions": [str(version)],
-        "platform": "pytorch",
-        "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, sig.width]}],
-        "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, sig.outputs]}],
+        "platform": platform,
+        "inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in sig.inputs],
+        "outputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in sig.output_specs],
         "parameters": {"features": list(sig.features), "output_kind": sig.output_kind, "classes": list(sig.classes),
                        "stage": stage},
     }
@@ -311,6 +446,9 @@ def model_metadata(name: str, version: int, sig: ModelSignature, stage: str) -> 
 
 # -- v1 predict -------------------------------------------------------------------------------
 def decode_predict(body: bytes, sig: ModelSignature, max_rows: int) -> np.ndarray:
+    if not sig.tabular:
+        raise InvalidInput(f"/v1 predict takes the rows of one tabular input; this model takes {describe_inputs(sig)}: "
+                           "use POST /v2/models/{name}/infer")
     try:
         instances: list[Any] = _rows.decode(body).instances
         records = False
@@ -347,6 +485,7 @@ def _records_to_rows(instances: list[dict[str, float]], sig: ModelSignature) -> 
 
 
 def encode_predict(model: str, version: int, outputs: np.ndarray) -> bytes:
+    """The first output's rows (a tabular model's only output)."""
     predictions = outputs[:, 0].tolist() if outputs.shape[1] == 1 else outputs.tolist()
     return _encoder.encode(PredictResponse(predictions, model, version))
 
