@@ -97,6 +97,15 @@ def _forward(slot: ModelSlot, parts: list[tuple[np.ndarray, ...]]) -> tuple[tupl
     return inputs, tuple(slot.predict(inputs))
 
 
+def _forward_error(slot: ModelSlot, exc: Exception) -> Exception:
+    """What a request whose forward raised gets: an index or value the model refuses (an id outside an
+    embedding table, say) is the request's fault (400); anything else is the model's (500)."""
+    if isinstance(exc, IndexError | ValueError):
+        return InvalidInput(f"model {slot.model!r} v{slot.version} refused this request's inputs: {exc}")
+    log.error("inference failed for %s v%s: %s", slot.model, slot.version, exc)
+    return InferenceFailed(f"inference failed on {slot.model} v{slot.version}: {exc}")
+
+
 class MicroBatcher:
     def __init__(self, stage: ModelStage, executor: DeviceExecutor, settings: BatchingSettings,
                  metrics: GatewayMetrics, role: str = "primary") -> None:
@@ -215,15 +224,21 @@ class MicroBatcher:
         slot.enter()  # same loop step as reading `current`: a swap cannot slip in between
         self._in_flight, self._arrived_in_flight, self._in_flight_requests = True, 0, len(batch)
         started = time.perf_counter()
+        failed: Exception | None = None
         try:
             inputs, outputs = await self.executor.run(_forward, slot, [item.inputs for item in batch])
         except Exception as exc:  # noqa: BLE001 - reported to the requests, never raised into the loop
-            log.error("inference failed for %s v%s: %s", slot.model, slot.version, exc)
-            self._fail(batch, InferenceFailed(f"inference failed on {slot.model} v{slot.version}: {exc}"))
-            return
+            failed = exc
         finally:
             slot.exit()
             self._in_flight, self._in_flight_requests = False, 0
+        if failed is not None:
+            if len(batch) > 1:  # one request's inputs may be what the model refuses: only that one fails
+                for item in batch:
+                    await self._forward(slot, [item])
+                return
+            self._fail(batch, _forward_error(slot, failed))
+            return
         seconds = time.perf_counter() - started
         rows = len(inputs[0])
         self.wait.observe(rows, seconds, self._arrived_in_flight)

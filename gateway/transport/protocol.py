@@ -264,8 +264,8 @@ def _tensor_values(tensor: InferInput, binary: bytes | memoryview, offset: int, 
 
 
 def _as_declared(name: str, values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    if values.dtype == dtype:
-        return np.ascontiguousarray(values)
+    if values.dtype == dtype:  # binary tensors are read-only views of the body: torch wants its own copy
+        return np.array(values, order="C") if not values.flags.writeable else np.ascontiguousarray(values)
     if dtype.kind == "f":
         if values.dtype.kind == "f" and not np.isfinite(values).all():
             raise InvalidInput(f"input {name!r} holds NaN or Inf: inputs must be finite")
@@ -486,7 +486,7 @@ def _records_to_rows(instances: list[dict[str, float]], sig: ModelSignature) -> 
 
 def encode_predict(model: str, version: int, outputs: np.ndarray) -> bytes:
     """The first output's rows (a tabular model's only output)."""
-    predictions = outputs[:, 0].tolist() if outputs.shape[1] == 1 else outputs.tolist()
+    predictions = outputs[:, 0].tolist() if outputs.ndim == 2 and outputs.shape[1] == 1 else outputs.tolist()
     return _encoder.encode(PredictResponse(predictions, model, version))
 
 

@@ -1,0 +1,308 @@
+"""Models nobody here wrote, through the registry, the gateway and shadow: any torch.nn.Module as a
+torch.export program, multi-tensor signatures, and ONNX (a scikit-learn gradient-boosted model).
+The three examples in examples/models/ are the fixtures. Real registry, real uvicorn, tritonclient."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from types import ModuleType
+
+import httpx
+import numpy as np
+import pytest
+import torch
+import tritonclient.http as triton
+
+from inferloop.registry import Registry, UnsupportedArtifact
+from inferloop.registry.exported import export_program
+
+from .gateway_harness import AUTH, ThreadedGateway, eventually, settings_for
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def example(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / "models" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TABULAR, CNN, GBM = example("tabular_embeddings"), example("cnn1d"), example("sklearn_gbm_onnx")
+
+
+# -- the artifact ---------------------------------------------------------------------------------
+def test_exporting_the_same_module_twice_gives_the_same_bytes_and_one_version(tmp_path: Path) -> None:
+    """Observed: two exports of one module are byte-identical (content addressing holds), and
+    registering it twice returns the same version."""
+    model, x = TABULAR.build(1), TABULAR.example_inputs(16, 1)
+    first, *_ = export_program(model, x)
+    second, *_ = export_program(model, x)
+    assert first == second
+    with Registry.open(f"file://{tmp_path / 'r'}") as reg:
+        assert TABULAR.register(reg, "t", seed=1) == TABULAR.register(reg, "t", seed=1) == 1
+
+
+USER_SCRIPT = '''
+import sys, numpy as np, torch
+from torch import nn
+from inferloop.registry import Registry
+
+class OnlyInThisScript(nn.Module):  # lives in __main__: nobody else can import it
+    def __init__(self):
+        super().__init__()
+        self.a, self.norm, self.b = nn.Linear(5, 12), nn.LayerNorm(12), nn.Linear(12, 2)
+    def forward(self, x):
+        return self.b(self.norm(torch.tanh(self.a(x)))) + x[:, :2]
+
+torch.manual_seed(3)
+model = OnlyInThisScript().eval()
+x = torch.randn(300, 5)
+with Registry.open(sys.argv[1]) as reg, reg.track("user-model") as run:
+    version = run.register(model, example_inputs=x[:4])
+with torch.no_grad():
+    np.savez(sys.argv[2], x=x.numpy(), y=model(x).numpy(), version=version)
+'''
+
+
+def test_a_class_defined_in_a_scripts_main_is_served_without_it(tmp_path: Path) -> None:
+    """Observed: a model whose class exists only in a script's `__main__` is registered by that script;
+    this process (which cannot import the class) loads it through the registry and a gateway serves
+    it, matching the script's eager outputs at batch sizes 1, 5 and 300 (1e-5)."""
+    uri, out = f"file://{tmp_path / 'r'}", tmp_path / "expected.npz"
+    script = tmp_path / "train.py"
+    script.write_text(USER_SCRIPT)
+    done = subprocess.run([sys.executable, "-P", str(script), uri, str(out)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "OnlyInThisScript" not in sys.modules.get("__main__").__dict__  # type: ignore[union-attr]
+    expected = np.load(out)
+    x, y, version = expected["x"], expected["y"], int(expected["version"])
+    with Registry.open(uri) as reg:
+        runnable = reg.load_runnable("user-model", version)
+        for n in (1, 5, 300):
+            np.testing.assert_allclose(runnable.run([x[:n]])[0], y[:n], atol=1e-5)
+        reg.promote("user-model", version, "production")
+    with ThreadedGateway(settings_for(uri, ["user-model"], tmp_path)) as gw:
+        gw.wait_serving("user-model", version)
+        r = gw.client.post("/v2/models/user-model/infer", json={"inputs": [
+            {"name": "x", "datatype": "FP32", "shape": [300, 5], "data": x.ravel().tolist()}]})
+        assert r.status_code == 200, r.text
+        (output,) = r.json()["outputs"]
+        np.testing.assert_allclose(np.array(output["data"]).reshape(300, 2), y, atol=1e-5)
+
+
+class DataDependent(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:  # Python control flow on a value: torch.export cannot capture it
+            return x * 2
+        return x
+
+
+def test_a_module_torch_export_cannot_capture_is_refused_in_one_line(tmp_path: Path) -> None:
+    with Registry.open(f"file://{tmp_path / 'r'}") as reg:
+        with pytest.raises(UnsupportedArtifact) as info, reg.track("dd") as run:
+            run.register(DataDependent(), example_inputs=torch.ones(4, 3))
+        message = str(info.value)
+        assert "torch.export cannot capture DataDependent" in message and "docs/models.md" in message
+        assert "\n" not in message
+        assert reg.list_versions("dd") == []
+
+
+def test_onnx_models_that_reach_outside_their_bytes_are_refused() -> None:
+    """Observed: an ONNX model with an initializer stored as external data, and one using an operator
+    of a custom domain, are refused before onnxruntime sees them."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from inferloop.registry.onnx_artifact import parse_model
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2])
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [2], [1.0, 2.0])
+    weight.data_location = TensorProto.EXTERNAL
+    weight.ClearField("float_data")
+    weight.external_data.add(key="location", value="../../etc/passwd")
+    external = helper.make_model(helper.make_graph([helper.make_node("Mul", ["x", "w"], ["y"])], "g", [x], [y],
+                                                   [weight]))
+    with pytest.raises(UnsupportedArtifact, match="external file"):
+        parse_model(external.SerializeToString())
+    custom = helper.make_model(helper.make_graph([helper.make_node("Evil", ["x"], ["y"], domain="com.evil")], "g",
+                                                 [x], [y]),
+                               opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.evil", 1)])
+    with pytest.raises(UnsupportedArtifact, match="com.evil"):
+        parse_model(custom.SerializeToString())
+    assert onnx.checker is not None
+
+
+# -- serving the examples -------------------------------------------------------------------------
+def _local(name: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """The model's own forward, outside inferloop."""
+    if name == "store-revenue":
+        with torch.no_grad():
+            out = TABULAR.build(0)({"store_id": torch.from_numpy(inputs[0]), "dense": torch.from_numpy(inputs[1])})
+        return [out.numpy()]
+    if name == "sequence-classifier":
+        with torch.no_grad():
+            return [CNN.build(0)(torch.from_numpy(inputs[0])).numpy()]
+    clf, _ = GBM.build(0)
+    return [clf.predict(inputs[0]), clf.predict_proba(inputs[0]).astype(np.float32)]
+
+
+def _inputs(name: str, rows: int, seed: int) -> list[np.ndarray]:
+    if name == "store-revenue":
+        x = TABULAR.example_inputs(rows, seed)
+        return [x["store_id"].numpy(), x["dense"].numpy()]
+    if name == "sequence-classifier":
+        return [CNN.example_inputs(rows, seed).numpy()]
+    return [GBM.data(rows, seed)[0]]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - (gateway, versions)
+    tmp = tmp_path_factory.mktemp("any-model")
+    uri = f"file://{tmp / 'registry'}"
+    versions = {}
+    with Registry.open(uri) as reg:
+        for module, name in ((TABULAR, "store-revenue"), (CNN, "sequence-classifier"), (GBM, "churn-gbm")):
+            versions[name] = module.register(reg, name)
+            reg.promote(name, versions[name], "production")
+    with ThreadedGateway(settings_for(uri, list(versions), tmp)) as gw:
+        for name, version in versions.items():
+            gw.wait_serving(name, version)
+        yield gw, versions
+
+
+@pytest.mark.parametrize("name", ["store-revenue", "sequence-classifier", "churn-gbm"])
+@pytest.mark.parametrize("binary", [False, True])
+def test_examples_answer_tritonclient_like_their_own_forward(served, name: str, binary: bool) -> None:
+    """Observed: tritonclient (JSON and binary tensors) gets the outputs of the model's own forward
+    (sklearn's predict / predict_proba for the ONNX model) at 1e-5, with the version that served."""
+    gw, versions = served
+    client = triton.InferenceServerClient(gw.url.removeprefix("http://"))
+    meta = client.get_model_metadata(name)
+    inputs = _inputs(name, 37, seed=5)
+    wire = []
+    for spec, values in zip(meta["inputs"], inputs, strict=True):
+        tensor = triton.InferInput(spec["name"], list(values.shape), spec["datatype"])
+        tensor.set_data_from_numpy(values, binary_data=binary)
+        wire.append(tensor)
+    outputs = [triton.InferRequestedOutput(o["name"], binary_data=binary) for o in meta["outputs"]]
+    result = client.infer(name, wire, outputs=outputs)
+    assert result.get_response()["model_version"] == str(versions[name])
+    for spec, expected in zip(meta["outputs"], _local(name, inputs), strict=True):
+        got = result.as_numpy(spec["name"])
+        np.testing.assert_allclose(got.reshape(expected.shape), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_metadata_reports_the_signature(served) -> None:
+    gw, _ = served
+    meta = gw.client.get("/v2/models/store-revenue").json()
+    assert meta["inputs"] == [{"name": "store_id", "datatype": "INT64", "shape": [-1]},
+                              {"name": "dense", "datatype": "FP32", "shape": [-1, 8]}]
+    assert meta["outputs"] == [{"name": "output", "datatype": "FP32", "shape": [-1, 1]}]
+    gbm = gw.client.get("/v2/models/churn-gbm").json()
+    assert [o["name"] for o in gbm["outputs"]] == ["label", "probabilities"] and gbm["platform"] == "onnxruntime_onnx"
+
+
+def _tensor(name: str, datatype: str, values: np.ndarray) -> dict:
+    return {"name": name, "datatype": datatype, "shape": list(values.shape), "data": values.ravel().tolist()}
+
+
+def test_the_outputs_field_selects_outputs_by_name(served) -> None:
+    gw, _ = served
+    x = _inputs("churn-gbm", 4, seed=2)[0]
+    r = gw.client.post("/v2/models/churn-gbm/infer", json={"inputs": [_tensor("features", "FP32", x)],
+                                                           "outputs": [{"name": "probabilities"}]})
+    assert r.status_code == 200, r.text
+    assert [o["name"] for o in r.json()["outputs"]] == ["probabilities"]
+
+
+@pytest.mark.parametrize(("inputs", "words"), [
+    ([_tensor("store_id", "FP32", np.zeros(2, np.float32)), _tensor("dense", "FP32", np.zeros((2, 8), np.float32))],
+     "input 'store_id' has datatype 'FP32'; this model takes INT64"),
+    ([_tensor("store_id", "INT64", np.zeros(2, np.int64)), _tensor("dense", "FP32", np.zeros((2, 7), np.float32))],
+     "input 'dense' has shape [2, 7]; this model takes [-1, 8]"),
+    ([_tensor("dense", "FP32", np.zeros((2, 8), np.float32))], "missing input(s) store_id"),
+    ([_tensor("store_id", "INT64", np.zeros(2, np.int64)), _tensor("dense", "FP32", np.zeros((2, 8), np.float32)),
+      _tensor("extra", "FP32", np.zeros(2, np.float32))], "unknown input 'extra'"),
+    ([_tensor("store_id", "INT64", np.zeros(3, np.int64)), _tensor("dense", "FP32", np.zeros((2, 8), np.float32))],
+     "different batch sizes"),
+    ([_tensor("store_id", "INT64", np.full(2, 2.0**40)), _tensor("dense", "FP32", np.zeros((2, 8), np.float32))],
+     None),
+])
+def test_requests_that_do_not_fit_the_signature_get_a_400_that_names_the_input(served, inputs, words) -> None:
+    gw, _ = served
+    r = gw.client.post("/v2/models/store-revenue/infer", json={"inputs": inputs})
+    if words is None:  # an id outside the embedding table: the model refuses it, a 400 with torch's reason
+        assert r.status_code == 400 and "refused this request's inputs" in r.json()["error"], r.text
+        return
+    assert r.status_code == 400 and words in r.json()["error"], r.text
+    v1 = gw.client.post("/v1/models/store-revenue/predict", json={"instances": [[0.0] * 8]})
+    assert v1.status_code == 400 and "use POST /v2/models/{name}/infer" in v1.json()["error"]
+
+
+# -- hot swap and shadow across architectures -----------------------------------------------------
+def test_hot_swap_and_shadow_across_architectures_under_load(tmp_path: Path) -> None:
+    """Observed: production moves from a residual MLP (torch.export) to the built-in MLP (safetensors)
+    to a plain nn.Sequential under load from 4 clients: 0 failed requests; a shadow of another
+    architecture with the same signature is mirrored and compared."""
+    from .helpers import register_tiny
+
+    class Residual(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.norm, self.o = torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 1)
+
+        def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - the wire name of the input
+            h = torch.relu(self.a(input))
+            return self.o(self.norm(h + h))
+
+    uri = f"file://{tmp_path / 'r'}"
+    torch.manual_seed(0)
+    x = torch.randn(64, 8)
+    with Registry.open(uri) as reg:
+        with reg.track("m") as run:
+            v1 = run.register(Residual(), example_inputs=x[:8], reference=x)
+        v2 = register_tiny(reg, "m", seed=2)
+        with reg.track("m") as run:
+            seq = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+            v3 = run.register(seq, example_inputs=x[:8])
+        reg.promote("m", v1, "production")
+        reg.promote("m", v3, "shadow")
+    failures: list[str] = []
+    served_by: set[str] = set()
+    stop = threading.Event()
+    with ThreadedGateway(settings_for(uri, ["m"], tmp_path, shadow={"budget": 1.0})) as gw:
+        gw.wait_serving("m", v1)
+
+        def load() -> None:
+            with httpx.Client(base_url=gw.url, timeout=30) as client:
+                while not stop.is_set():
+                    r = client.post("/v2/models/m/infer", json={"inputs": [
+                        {"name": "input", "datatype": "FP32", "shape": [2, 8], "data": [0.5] * 16}]})
+                    if r.status_code != 200:
+                        failures.append(r.text)
+                    served_by.add(r.headers.get("x-model-version", "?"))
+
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            for version in (v2, v3):
+                r = gw.client.post("/admin/models/m/promote", json={"version": version}, headers=AUTH)
+                assert r.status_code == 200 and r.json()["serving"]["applied"], r.text
+                eventually(lambda v=version: str(v) in served_by, 30, f"v{version} answering")
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(30)
+        shadow = gw.plane.models["m"].shadow
+    assert failures == []
+    assert {str(v1), str(v2), str(v3)} <= served_by
+    assert shadow.mirrored > 0  # type: ignore[attr-defined]
