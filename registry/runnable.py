@@ -80,7 +80,11 @@ def open_runnable(data: bytes, artifact: ArtifactInfo, signature: InputSignature
     if fmt == "torch.export":
         from inferloop.registry.exported import load_program
 
-        return TorchRunnable(load_program(data, device), signature, device)
+        module = load_program(data, device)
+        # torch's per-call input checks cost more than a small model's forward (BENCHMARKS.md); whoever
+        # runs a Runnable checks names, datatypes and shapes against the signature first (the gateway does)
+        module.validate_inputs = False
+        return TorchRunnable(module, signature, device)
     if fmt == "onnx":
         from inferloop.registry.onnx_artifact import load_session
 

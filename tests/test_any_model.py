@@ -294,6 +294,7 @@ def test_hot_swap_and_shadow_across_architectures_under_load(tmp_path: Path) -> 
         for t in threads:
             t.start()
         try:
+            eventually(lambda: str(v1) in served_by, 30, "v1 answering")
             for version in (v2, v3):
                 r = gw.client.post("/admin/models/m/promote", json={"version": version}, headers=AUTH)
                 assert r.status_code == 200 and r.json()["serving"]["applied"], r.text

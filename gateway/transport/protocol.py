@@ -282,8 +282,10 @@ def _as_declared(name: str, values: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def _check_shape(name: str, got: tuple[int, ...], declared: list[int]) -> None:
-    if len(got) != len(declared) or any(want not in (-1, n) for want, n in zip(declared[1:], got[1:], strict=True)):
-        raise InvalidInput(f"input {name!r} has shape {list(got)}; this model takes {declared} (-1: any size)")
+    if len(got) != len(declared) or any(want not in (-1, n) or n == 0 for want, n in zip(declared[1:], got[1:],
+                                                                                          strict=True)):
+        raise InvalidInput(f"input {name!r} has shape {list(got)}; this model takes {declared} (-1: any size "
+                           "of at least 1)")
 
 
 def _decode_single_flat(body: bytes, sig: ModelSignature, max_rows: int) -> InferCall | None:
