@@ -53,12 +53,17 @@ class Registry:
         if self._closed:
             return
         self._closed = True
-        try:
-            asyncio.run_coroutine_threadsafe(self.core.close(), self._loop).result(timeout=10)
-        except Exception:  # noqa: BLE001 - closing must not raise at exit
-            pass
+        for closing in (self.core.close, self._loop.shutdown_default_executor):
+            # the file store's reads run on the loop's default executor: join its threads here, so
+            # that no thread of ours outlives the registry (they are not daemons)
+            try:
+                asyncio.run_coroutine_threadsafe(closing(), self._loop).result(timeout=10)
+            except Exception:  # noqa: BLE001 - closing must not raise at exit
+                pass
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self._loop.close()
 
     def __enter__(self) -> Registry:
         return self

@@ -2,8 +2,10 @@
 
 Exit codes (a CI step can branch on them):
     0  success: built and registered, gates passed or no gates (reproduce: bit-identical artifact)
-    1  a gate failed: the version is registered but not promoted (reproduce: artifact differs)
-    2  error: bad policy, bad data, unreachable registry, crashed training (caught before registering)
+    1  a gate failed: the version is registered but not promoted (reproduce: artifact differs);
+       also a holdout that cannot judge a gated metric (one class, < 5 rows of a class, ...)
+    2  error: bad policy, bad data (also < 20 training or holdout rows, a binary target with one
+       class), unreachable registry, crashed training (caught before registering)
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import traceback
 from typing import TypeVar
 
 import msgspec
+
 from inferloop.registry import RegistryError
 from inferloop.registry.commandline import (
     UsageError,
@@ -96,11 +99,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from inferloop.policy import load_policy
     from inferloop.trainer.launcher import launch
     from inferloop.trainer.pipeline import plan, plan_reproduce
     from inferloop.trainer.report import print_summary
-
-    from inferloop.policy import load_policy
 
     uri = registry_uri(args)
     if args.reproduce:

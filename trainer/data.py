@@ -8,24 +8,27 @@ bytes, so the digest recorded in the manifest is the digest of exactly what was 
 from __future__ import annotations
 
 import hashlib
-import io
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
 import msgspec
 import numpy as np
+
+from inferloop.policy import DataSource, Kind
 from inferloop.registry.lineage import data_lineage
 from inferloop.registry.manifest import DataLineage, DataPartition
 from inferloop.trainer.errors import DataError
-
-from inferloop.policy import DataSource, Kind
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
 SUFFIX = ".parquet"
 _F32_MAX = float(np.finfo(np.float32).max)  # training is float32: larger values would become inf
+# Below these a build is refused (exit 2) before training: a model fitted on a handful of rows, or
+# judged on a handful, passes or fails its gates by chance.
+MIN_TRAIN_ROWS, MIN_HOLDOUT_ROWS = 20, 20
 
 
 class Dataset(msgspec.Struct, frozen=True):
@@ -89,9 +92,30 @@ def _column(table: pa.Table, name: str, partition: str) -> np.ndarray:
     return values
 
 
+def _read_partition(name: str, path: Path) -> pa.Buffer:
+    """The file's bytes in memory Arrow owns, never in a Python object: an Arrow worker thread may drop
+    the last reference to what it read after the call returns, and releasing Python memory needs the
+    GIL, which a thread cannot take once the interpreter is exiting (it is ended by pthread_exit inside
+    Arrow's C++ destructor: "terminate called without an active exception", exit 134 instead of 2)."""
+    import pyarrow as pa
+
+    try:
+        with open(path, "rb") as fh:
+            buf = pa.allocate_buffer(os.fstat(fh.fileno()).st_size)
+            got = fh.readinto(buf)
+    except FileNotFoundError:
+        raise DataError(f"partition {name} not found in {path.parent}") from None
+    except OSError as exc:
+        raise DataError(f"partition {name}: cannot read {path}: {exc.strerror}") from None
+    if got != buf.size:
+        raise DataError(f"partition {name}: {path} changed size while it was read")
+    return buf
+
+
 def load_dataset(uri: str, names: list[str], features: list[str], target: str, kind: Kind,
                  expected: DataLineage | None = None) -> Dataset:
     """Read the named partitions in order. With `expected`, every digest must match it (reproduction)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     directory = source_dir(uri)
@@ -101,18 +125,14 @@ def load_dataset(uri: str, names: list[str], features: list[str], target: str, k
     ys: list[np.ndarray] = []
     for name in names:
         path = directory / f"{name}{SUFFIX}"
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            raise DataError(f"partition {name} not found in {directory}") from None
-        except OSError as exc:
-            raise DataError(f"partition {name}: cannot read {path}: {exc.strerror}") from None
+        raw = _read_partition(name, path)
         digest = hashlib.sha256(raw).hexdigest()
         if want and want.get(name) != digest:
             raise DataError(f"partition {name} changed since the version was built: digest {digest[:12]}… "
                             f"is not the recorded {str(want.get(name))[:12]}…")
         try:
-            table = pq.read_table(io.BytesIO(raw))
+            # no read-ahead cache: the bytes are in memory, and its futures could outlive this call
+            table = pq.read_table(pa.BufferReader(raw), pre_buffer=False)
         except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a bad file
             raise DataError(f"partition {name}: not a readable Parquet file ({exc})") from None
         if table.num_rows == 0:
@@ -141,6 +161,24 @@ def holdout_split(rows: int, fraction: float, seed: int) -> tuple[np.ndarray, np
     perm = np.random.default_rng([seed, 0x401D]).permutation(rows)
     k = min(max(1, round(rows * fraction)), rows - 1)
     return np.sort(perm[k:]), np.sort(perm[:k])
+
+
+def training_split(y: np.ndarray, fraction: float, seed: int, kind: Kind,
+                   target: str) -> tuple[np.ndarray, np.ndarray]:
+    """`holdout_split`, refused before any training when a side is too small to learn from or to judge
+    with, or when a binary target has a single class in the training rows (nothing to learn)."""
+    rows = len(y)
+    train, hold = holdout_split(rows, fraction, seed) if rows >= 2 else (np.arange(rows), np.arange(0))
+    if len(train) < MIN_TRAIN_ROWS or len(hold) < MIN_HOLDOUT_ROWS:
+        raise DataError(f"the data window has {rows} row(s): {len(train)} to train on and {len(hold)} held out "
+                        f"(training.holdout_fraction {fraction:g}); at least {MIN_TRAIN_ROWS} training and "
+                        f"{MIN_HOLDOUT_ROWS} holdout rows are needed: widen the window")
+    if kind == "binary":
+        classes = np.unique(y[train])
+        if len(classes) < 2:
+            raise DataError(f"binary target {target!r} is {classes[0]:g} in all {len(train)} training rows: "
+                            "a classifier needs both classes to learn from")
+    return train, hold
 
 
 def holdout_digest(x: np.ndarray, y: np.ndarray, features: list[str]) -> str:

@@ -6,7 +6,9 @@ Gate 2, relative (only with `compare_to`): for each gated metric,
     improvement = reference - candidate   if lower is better (rmse, mae)
 and the check passes iff improvement >= tolerance, in the metric's own units. The reference is the
 model in the `compare_to` stage evaluated on the same holdout in the same run. No model in that
-stage: gate 2 passes and says so. A metric that is missing (not computable) fails its check.
+stage: gate 2 passes and says so. A metric that is missing (not computable) fails its check, and so
+does a metric the holdout cannot judge (`problems`: one class, too few rows of a class, a constant
+target, predictions that are not finite): every check on it fails with that reason, in both gates.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from __future__ import annotations
 from typing import TypedDict
 
 import msgspec
-from inferloop.registry.manifest import GateCheck, ValidationRecord
-from inferloop.trainer.metrics import direction
 
 from inferloop.policy import ValidationPolicy
+from inferloop.registry.manifest import GateCheck, ValidationRecord
+from inferloop.trainer.metrics import direction
 
 
 class ComparedModel(msgspec.Struct, frozen=True):
@@ -40,10 +42,14 @@ def _fmt(value: float | None) -> str:
     return "missing" if value is None else f"{value:.6g}"
 
 
-def absolute_checks(policy: ValidationPolicy, candidate: dict[str, float | None]) -> list[GateCheck]:
+def absolute_checks(policy: ValidationPolicy, candidate: dict[str, float | None],
+                    problems: dict[str, str] | None = None) -> list[GateCheck]:
     checks = []
     for key, bound, metric, value in policy.thresholds():
         got = candidate.get(metric)
+        if problems and metric in problems:
+            checks.append(GateCheck("absolute", metric, False, got, value, detail=f"{key}: {problems[metric]}"))
+            continue
         if got is None:
             checks.append(GateCheck("absolute", metric, False, None, value,
                                     detail=f"{key}: {metric} is missing (not computable on the holdout)"))
@@ -56,11 +62,15 @@ def absolute_checks(policy: ValidationPolicy, candidate: dict[str, float | None]
 
 
 def relative_checks(policy: ValidationPolicy, candidate: dict[str, float | None],
-                    reference: ComparedModel) -> list[GateCheck]:
+                    reference: ComparedModel, problems: dict[str, str] | None = None) -> list[GateCheck]:
     tol = policy.tolerance
     checks = []
     for metric in policy.gated_metrics():
         got = candidate.get(metric)
+        if problems and metric in problems:
+            checks.append(GateCheck("relative", metric, False, got, production_version=reference.version,
+                                    detail=f"{metric} vs {reference.stage}: {problems[metric]}"))
+            continue
         if reference.version is None:
             checks.append(GateCheck("relative", metric, True, got, detail=(
                 f"no {reference.stage} version yet: nothing to compare against, gate 2 passes")))
@@ -85,10 +95,11 @@ def relative_checks(policy: ValidationPolicy, candidate: dict[str, float | None]
 
 
 def evaluate(policy: ValidationPolicy, candidate: dict[str, float | None], reference: ComparedModel | None,
-             holdout_digest: str) -> ValidationRecord:
-    """Both gates; `reference` is None exactly when the policy has no `compare_to`."""
-    checks = absolute_checks(policy, candidate)
+             holdout_digest: str, problems: dict[str, str] | None = None) -> ValidationRecord:
+    """Both gates; `reference` is None exactly when the policy has no `compare_to`; `problems` maps a
+    metric to why the holdout (or the candidate's predictions) cannot judge with it."""
+    checks = absolute_checks(policy, candidate, problems)
     if reference is not None:
-        checks += relative_checks(policy, candidate, reference)
+        checks += relative_checks(policy, candidate, reference, problems)
     return ValidationRecord(passed=all(c.passed for c in checks), checks=checks, holdout_digest=holdout_digest,
                             tolerance=policy.tolerance)

@@ -1,5 +1,8 @@
 """Holdout metrics, in numpy. A metric that is undefined on the data (AUC with one class, R² of a
-constant target, F1 with no positives at all) is None: a gate on it fails ("missing metric")."""
+constant target, F1 with no positives at all) or on predictions that are not finite is None: a gate
+on it fails ("missing metric"). `holdout_problems` names, per metric, why a holdout cannot judge a
+model with it (one class, too few rows of a class, a constant target), before any number is trusted.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,9 @@ import numpy as np
 from inferloop.policy import METRICS, Direction, Kind
 
 THRESHOLD = 0.5  # binary decision threshold on the predicted probability
+# Holdout rows of each class a binary metric needs: with fewer, F1/AUC/accuracy move by a large step
+# per row, and a constant model scores well on a holdout that is nearly all one class.
+MIN_CLASS_ROWS = 5
 
 
 _DIRECTIONS: dict[str, Direction] = {m: d for metrics in METRICS.values() for m, d in metrics.items()}
@@ -60,5 +66,35 @@ def binary_metrics(y: np.ndarray, prob: np.ndarray) -> dict[str, float | None]:
 
 
 def compute(kind: Kind, y: np.ndarray, pred: np.ndarray) -> dict[str, float | None]:
-    """Every metric of `kind`; `pred` is the prediction (regression) or the probability (binary)."""
+    """Every metric of `kind`; `pred` is the prediction (regression) or the probability (binary).
+    All None when a prediction is NaN or infinite (`prediction_problem` says how many)."""
+    if prediction_problem(pred) is not None:
+        return dict.fromkeys(METRICS[kind])
     return regression_metrics(y, pred) if kind == "regression" else binary_metrics(y, pred)
+
+
+def prediction_problem(pred: np.ndarray) -> str | None:
+    bad = int(np.count_nonzero(~np.isfinite(np.asarray(pred, np.float64))))
+    return f"the model predicts NaN or infinity on {bad} of {len(pred)} holdout rows" if bad else None
+
+
+def holdout_problems(kind: Kind, y: np.ndarray) -> dict[str, str]:
+    """metric -> one line saying why this holdout cannot judge a model with it (absent: it can)."""
+    y = np.asarray(y, np.float64)
+    rows = len(y)
+    if kind == "binary":
+        positives = int(np.count_nonzero(y > 0.5))
+        counts = {0: rows - positives, 1: positives}
+        rare = min(counts, key=lambda c: counts[c])
+        names = "/".join(m.upper() if m != "accuracy" else m for m in METRICS["binary"])
+        if counts[rare] == 0:
+            why = f"holdout has only class {1 - rare} ({rows} rows): {names} are not meaningful on one class"
+        elif counts[rare] < MIN_CLASS_ROWS:
+            why = (f"holdout has {counts[rare]} row(s) of class {rare} of {rows}: {names} need at least "
+                   f"{MIN_CLASS_ROWS} of each class")
+        else:
+            return {}
+        return dict.fromkeys(METRICS["binary"], why)
+    if rows and np.all(y == y[0]):
+        return {"r2": f"holdout target is constant ({y[0]:g} in all {rows} rows): r2 is not defined"}
+    return {}

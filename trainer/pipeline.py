@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 import msgspec
 import numpy as np
+
+from inferloop.policy import Policy, ValidationPolicy
 from inferloop.registry import Conflict, Registry, RegistryError
 from inferloop.registry.lineage import capture_code, packages_digest
 from inferloop.registry.manifest import ValidationRecord, VersionManifest
@@ -20,16 +22,14 @@ from inferloop.trainer import gates, metrics, notify
 from inferloop.trainer.data import (
     Dataset,
     holdout_digest,
-    holdout_split,
     load_dataset,
     resolve_window,
     source_dir,
+    training_split,
 )
 from inferloop.trainer.errors import TrainerError
 from inferloop.trainer.fit import DistInfo, Progress, deterministic, fit, predict, resolve_device
 from inferloop.trainer.spec import TrainSpec
-
-from inferloop.policy import Policy, ValidationPolicy
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_ERROR = 0, 1, 2
 
@@ -147,7 +147,7 @@ def execute(request: BuildRequest, dist: DistInfo = SINGLE_PROCESS, progress: Pr
         progress(f"warning: {w}")
     data = load_dataset(spec.data_uri, spec.partitions, spec.features, spec.target, spec.kind,
                         expected=request.reproduce.lineage.data if request.reproduce is not None else None)
-    train_idx, hold_idx = holdout_split(len(data.y), spec.holdout_fraction, spec.seed)
+    train_idx, hold_idx = training_split(data.y, spec.holdout_fraction, spec.seed, spec.kind, spec.target)
     device = resolve_device(spec.device, dist)
     if dist.is_main:
         first, last = spec.partitions[0], spec.partitions[-1]
@@ -159,7 +159,13 @@ def execute(request: BuildRequest, dist: DistInfo = SINGLE_PROCESS, progress: Pr
         if not dist.is_main:
             return None
         x_hold, y_hold = data.x[hold_idx], data.y[hold_idx]
-        candidate = metrics.compute(spec.kind, y_hold, predict(fitted.model, x_hold, spec.kind))
+        pred = predict(fitted.model, x_hold, spec.kind)
+        computed = metrics.compute(spec.kind, y_hold, pred)
+        problems = metrics.holdout_problems(spec.kind, y_hold)
+        if (bad := metrics.prediction_problem(pred)) is not None:
+            problems = dict.fromkeys(computed, bad)
+        # a number the holdout cannot support is not recorded as the version's metric
+        candidate = {k: None if k in problems else v for k, v in computed.items()}
         summary = BuildSummary(
             model=spec.model, mode="build" if request.reproduce is None else "reproduce", exit_code=EXIT_OK,
             metrics=candidate, data_uri=data.lineage.uri, data_digest=data.lineage.digest,
@@ -170,7 +176,7 @@ def execute(request: BuildRequest, dist: DistInfo = SINGLE_PROCESS, progress: Pr
         )
         if request.reproduce is not None:
             return _compare(request.reproduce, fitted.model, summary)
-        return _finish_build(request, data, train_idx, x_hold, y_hold, fitted.model, summary, progress)
+        return _finish_build(request, data, train_idx, x_hold, y_hold, fitted.model, summary, progress, problems)
 
 
 def _compare(manifest: VersionManifest, model: Any, summary: BuildSummary) -> BuildSummary:
@@ -210,14 +216,15 @@ def _evaluate_stage(reg: Registry, spec: TrainSpec, stage: str, x: np.ndarray, y
 
 
 def _finish_build(request: BuildRequest, data: Dataset, train_idx: np.ndarray, x_hold: np.ndarray,
-                  y_hold: np.ndarray, model: Any, summary: BuildSummary, progress: Progress) -> BuildSummary:
+                  y_hold: np.ndarray, model: Any, summary: BuildSummary, progress: Progress,
+                  problems: dict[str, str]) -> BuildSummary:
     spec, policy = request.spec, request.validation
     with Registry.open(request.registry, s3_endpoint=request.s3_endpoint) as reg:
         hdigest = holdout_digest(x_hold, y_hold, spec.features)
         reference = None
         if policy is not None and policy.compare_to is not None:
             reference = _evaluate_stage(reg, spec, policy.compare_to, x_hold, y_hold)
-        record = gates.evaluate(policy, summary.metrics, reference, hdigest) if policy is not None else None
+        record = gates.evaluate(policy, summary.metrics, reference, hdigest, problems) if policy is not None else None
         production = reg.get_pointer(spec.model, "production")
         x_train = data.x[train_idx]
         with reg.track(spec.model, actor=request.actor) as run:
