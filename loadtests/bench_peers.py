@@ -3,6 +3,7 @@ on the same model (float32 MLP 8→64→64→1, one set of weights) and the same
 
     python -m loadtests.bench_peers --setup                       # creates missing venvs, then measures
     python -m loadtests.bench_peers --only fastapi,ray --duration 5 --runs 1
+    python -m loadtests.bench_peers --best --connections 1,8,32,64,256   # concurrency sweep
 
 Each peer runs from its own virtual environment under loadtests/.venvs/<peer> (created with
 --setup: torch==2.13.0 first, then the peer from PyPI). The bare ceiling (a minimal Litestar +
@@ -14,11 +15,19 @@ runs of --duration seconds, each after a run of the bare ceiling (kept up for th
 of throughput and p50/p99, the server tree's RSS after the runs, and every figure as a ratio to the
 ceiling's runs taken alongside. Writes the table to
 loadtests/RESULTS-peers.md. A server that cannot be installed or started is recorded with the reason.
+
+Concurrency sweep: `--connections 1,8,32,64,256` measures every level for each configuration while
+it is up (per level: a warm-up, then the runs, each after a run of the bare ceiling at the same
+level) and writes, per level, req/s, p50 and p99, the ratios to the echo ceiling (the bare handler
+answering a constant: no model) and to the best peer, and issue 14's goals as met or missed
+(default file RESULTS-peers-sweep.md). `--best` keeps each peer's best configurations, the gateway
+with its defaults and both ceilings.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import shlex
@@ -30,16 +39,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import gateway_source as sources
+from .bench_gateway import connection_levels
 from .peers import configs, procs, venvs, wrk
 from .peers.configs import CONFIGS, Config, Context
-from .peers.report import Result, failures, raw_runs, table
+from .peers.report import Result, failures, raw_runs, sweep_goals, sweep_table, table
 
 LOADGEN_CPU, SERVER_CPU = "0", "1"
 RESULTS = Path(__file__).resolve().parent / "RESULTS-peers.md"
+SWEEP_RESULTS = RESULTS.with_name("RESULTS-peers-sweep.md")
 
 
-def prepare(work: Path, with_gateway: bool) -> tuple[Context, float]:
-    """The weights (fixed seed, safetensors), the request row, and the expected answer."""
+def prepare(work: Path, with_gateway: bool, source: sources.Source | None = None) -> tuple[Context, float]:
+    """The weights (fixed seed, safetensors), the request row, and the expected answer; with
+    `with_gateway`, the registry the gateway serves, written by `source`'s code (default: this tree's)."""
     import numpy as np
     import torch
 
@@ -55,9 +68,14 @@ def prepare(work: Path, with_gateway: bool) -> tuple[Context, float]:
     with torch.inference_mode():
         expected = float(model(torch.tensor([row]))[0, 0])
     ctx = Context(work, weights, row)
+    if source is not None:
+        ctx.gateway_source = source
     if with_gateway:
         ctx.registry = work / "registry"
-        register(ctx.registry, model)
+        if ctx.gateway_source.root == sources.REPO:
+            register(ctx.registry, model)
+        else:  # another commit's registry format: its own code writes it (same seed, same weights)
+            sources.make_registry(ctx.gateway_source, ctx.registry, shadow=True, reference_seed=2)
     return ctx, expected
 
 
@@ -78,20 +96,14 @@ def register(root: Path, model) -> None:
     reg.promote("bench", shadow, "shadow")
 
 
-def gateway_source(work: Path, ref: str | None) -> tuple[Path, str]:
-    """The tree the gateway runs from, and how the results name it."""
-    def git(*a: str) -> str:
-        return subprocess.run(["git", *a], cwd=configs.REPO, capture_output=True, text=True, check=True).stdout
+def gateway_source(work: Path, ref: str | None, trees: contextlib.ExitStack) -> sources.Source:
+    """The tree the gateway runs from: the working tree, or a worktree of `ref` removed with `trees`."""
     if ref is None:
-        dirty = " + uncommitted changes" if git("status", "--porcelain", "--", "gateway", "registry",
-                                                 "inferloop").strip() else ""
-        return configs.REPO, f"working tree at {git('rev-parse', '--short', 'HEAD').strip()}{dirty}"
-    commit = git("rev-parse", "--short", f"{ref}^{{commit}}").strip()
-    src = work / "gateway-src"
-    src.mkdir()
-    archive = subprocess.run(["git", "archive", commit], cwd=configs.REPO, capture_output=True, check=True)
-    subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True)
-    return src, f"commit {commit}"
+        return sources.working_tree()
+    (work / "gateway-src").mkdir()
+    source = trees.enter_context(sources.checkout(ref, work / "gateway-src"))
+    sources.verify(source)
+    return source
 
 
 def _close(answer: object, expected: float) -> bool:
@@ -114,8 +126,8 @@ class Target:
     launch: configs.Launch
     lua: Path
 
-    def load(self, seconds: int, args: argparse.Namespace) -> wrk.Sample:
-        return wrk.run(self.launch.url, self.lua, duration=seconds, connections=args.connections, cpu=LOADGEN_CPU)
+    def load(self, seconds: float, connections: int) -> wrk.Sample:
+        return wrk.run(self.launch.url, self.lua, duration=seconds, connections=connections, cpu=LOADGEN_CPU)
 
     def close(self) -> None:
         procs.stop(self.server)
@@ -131,7 +143,7 @@ def start(cfg: Config, ctx: Context, expected: float) -> Target:
     try:
         t0 = time.monotonic()
         answer = procs.wait_ready(server, launch.url, launch.body, launch.headers, launch.ready_timeout)
-        if not _close(answer, expected):
+        if cfg.check and not _close(answer, expected):
             raise RuntimeError(f"wrong answer {json.dumps(answer)[:200]} (expected {expected:.6f})")
         print(f"  ready in {time.monotonic() - t0:.1f} s", flush=True)
         wrk.script(target.lua, launch.body, launch.headers)
@@ -141,41 +153,49 @@ def start(cfg: Config, ctx: Context, expected: float) -> Target:
     return target
 
 
-def _show(who: str, s: wrk.Sample) -> None:
-    print(f"  {who:<5} {s.rps:>8,.0f} req/s  p50 {s.p50_ms:7.2f} ms  p99 {s.p99_ms:8.2f} ms  errors {s.errors}",
+def _show(who: str, s: wrk.Sample, connections: int) -> None:
+    print(f"  c{connections:<4d} {who:<5} {s.rps:>8,.0f} req/s  p50 {s.p50_ms:7.2f} ms  p99 {s.p99_ms:8.2f} ms  errors {s.errors}",
           flush=True)
 
 
 def measure(cfg: Config, ctx: Context, expected: float, args: argparse.Namespace,
-            ceiling: Target | None) -> tuple[Result, Target | None]:
-    """Warm-up, then --runs runs; with a running `ceiling`, each run of this server follows a run of
-    the ceiling, so that each ratio compares figures taken under the same background load. Returns
-    the result and, when `ceiling` is None (this is the ceiling), the still-running server."""
-    result = Result(cfg)
+            ceiling: Target | None) -> tuple[list[Result], Target | None]:
+    """Per connection level (args.connections, in order): a warm-up, then --runs runs; with a running
+    `ceiling`, each run of this server follows a run of the ceiling at the same level, so that each
+    ratio compares figures taken under the same background load. Returns one result per level and,
+    when `ceiling` is None (this is the ceiling), the still-running server."""
+    results = [Result(cfg, connections=level) for level in args.connections]
     try:
         target = start(cfg, ctx, expected)
     except (procs.NotReady, RuntimeError, ValueError, OSError, subprocess.SubprocessError) as exc:
-        result.error = " ".join(str(exc).split())[:600]
-        return result, None
+        for result in results:
+            result.error = " ".join(str(exc).split())[:600]
+        return results, None
     keep = False
+    result = results[0]
     try:
-        target.load(max(args.warmup, target.launch.min_warmup), args)
-        for _ in range(args.runs):
-            if ceiling is not None:
-                cpu0 = target.server.cpu_seconds()
-                result.reference.append(ceiling.load(args.duration, args))
-                result.idle_cpu_s += target.server.cpu_seconds() - cpu0
-                _show("bare", result.reference[-1])
-            result.samples.append(target.load(args.duration, args))
-            _show("this", result.samples[-1])
-        result.rss_mib = target.server.rss_mib()
+        for i, result in enumerate(results):
+            level = result.connections
+            target.load(args.warmup if i else max(args.warmup, target.launch.min_warmup), level)
+            for _ in range(args.runs):
+                if ceiling is not None:
+                    cpu0 = target.server.cpu_seconds()
+                    result.reference.append(ceiling.load(args.duration, level))
+                    result.idle_cpu_s += target.server.cpu_seconds() - cpu0
+                    _show("bare", result.reference[-1], level)
+                result.samples.append(target.load(args.duration, level))
+                _show("this", result.samples[-1], level)
+            result.rss_mib = target.server.rss_mib()
         keep = ceiling is None
     except (RuntimeError, ValueError, OSError, subprocess.SubprocessError) as exc:
-        result.error = " ".join(str(exc).split())[:600]
+        why = " ".join(str(exc).split())[:600]
+        failed_at = results.index(result)
+        for later in results[failed_at:]:
+            later.error = why if later is result else f"not measured: failed at {result.connections} connections"
     finally:
         if not keep:
             target.close()
-    return result, (target if keep else None)
+    return results, (target if keep else None)
 
 
 def ensure_env(cfg: Config, setup: bool, work: Path) -> str | None:
@@ -194,22 +214,28 @@ def ensure_env(cfg: Config, setup: bool, work: Path) -> str | None:
     return None
 
 
-def select(only: str | None) -> list[Config]:
+def select(only: str | None, best: bool = False) -> list[Config]:
+    chosen = [c for c in CONFIGS if c.best or not best]
     if not only:
-        return list(CONFIGS)
+        return chosen
     wanted = {p.strip() for p in only.split(",") if p.strip()}
     unknown = wanted - {c.peer for c in CONFIGS}
     if unknown:
         raise SystemExit(f"unknown peer(s) {sorted(unknown)}; known: {sorted({c.peer for c in CONFIGS})}")
     # the bare ceiling is always measured: every ratio is to it, in the same run
-    return [c for c in CONFIGS if c.peer in wanted or c.peer == "bare"]
+    return [c for c in chosen if c.peer in wanted or c.peer == "bare"]
+
+
+def _cpu_name() -> str:
+    return next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                 if ln.startswith("model name")), platform.processor())
 
 
 def write(path: Path, command: str, args: argparse.Namespace, results: list[Result], wall: float,
           gateway_from: str) -> str:
     ceiling = next((r for r in results if r.config.peer == "bare"), None)
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
+    cpu = _cpu_name()
+    connections = args.connections[0]
     text = f"""# Gateway vs peers: one run of `loadtests/bench_peers.py`
 
 ```
@@ -217,7 +243,7 @@ def write(path: Path, command: str, args: argparse.Namespace, results: list[Resu
 ```
 
 {time.strftime("%Y-%m-%d %H:%M %Z")} · {cpu} · wrk pinned to CPU {LOADGEN_CPU}, each server's process tree
-to CPU {SERVER_CPU} · {args.connections} connections · warm-up {args.warmup} s (TorchServe at least 15 s)
+to CPU {SERVER_CPU} · {connections} connections · warm-up {args.warmup} s (TorchServe at least 15 s)
 then {args.runs} × {args.duration} s per configuration · medians · RSS = sum over the server's process
 tree after the runs · gateway from the {gateway_from} · whole run {wall / 60:.1f} min.
 
@@ -243,41 +269,101 @@ are shared with other work). Throughput: higher is better; latency and memory: l
     return text
 
 
+def write_sweep(path: Path, command: str, args: argparse.Namespace, results: list[Result], wall: float,
+                gateway_from: str) -> str:
+    levels = ", ".join(map(str, args.connections))
+    text = f"""# Gateway vs peers, concurrency sweep: one run of `loadtests/bench_peers.py`
+
+```
+{command}
+```
+
+{time.strftime("%Y-%m-%d %H:%M %Z")} · {_cpu_name()} · wrk (one thread) pinned to CPU {LOADGEN_CPU}, each
+server's process tree to CPU {SERVER_CPU} · connections {levels} · per configuration and level a warm-up
+of {args.warmup} s (TorchServe at least 15 s before its first level), then {args.runs} × {args.duration} s · medians ·
+gateway from the {gateway_from} · whole run {wall / 60:.1f} min.
+
+Configurations run one after another; the bare ceiling (the handler with the forward inline) stays up
+for the whole run, and each run of a server is preceded by a run of the bare ceiling at the same
+level. "vs bare" divides req/s by that ceiling's median over the runs taken alongside; "× echo" and
+"× best peer" are ratios of those "vs bare" figures (each side against the ceiling measured beside
+it), so that background load on this shared 2-core machine cancels as far as it can. "p50 vs bare"
+is the p50 over the bare ceiling's p50 alongside (the inline forward's latency).
+
+{sweep_table(results)}
+
+## Goals (issue 14), as measured in this run
+
+{sweep_goals(results)}
+
+## Install and configuration notes
+
+{configs.INSTALL_NOTES}
+## Per run
+
+{raw_runs(results, args.duration, levels=True) or "-"}
+
+## Could not run
+
+{failures(results, levels=True) or "- none"}
+"""
+    path.write_text(text)
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", help="comma-separated peers: " + ",".join(dict.fromkeys(c.peer for c in CONFIGS)))
     p.add_argument("--duration", type=int, default=10, help="seconds per measured run (default 10)")
     p.add_argument("--runs", type=int, default=3, help="measured runs per configuration (default 3)")
     p.add_argument("--warmup", type=int, default=5, help="warm-up seconds (default 5)")
-    p.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
+    p.add_argument("--connections", type=connection_levels, default=[64], metavar="N[,N...]",
+                   help="wrk connections (default 64); several, e.g. 1,8,32,64,256, sweep them in one run")
+    p.add_argument("--best", action="store_true",
+                   help="only each peer's best configurations, the gateway's defaults and the two ceilings")
     p.add_argument("--setup", action="store_true", help="create missing peer venvs first")
-    p.add_argument("--output", type=Path, default=RESULTS, help=f"results file (default {RESULTS.name})")
+    p.add_argument("--output", type=Path, help=f"results file (default {RESULTS.name}, "
+                                               f"{SWEEP_RESULTS.name} for several connection counts)")
     p.add_argument("--gateway-ref", metavar="REF",
-                   help="run the gateway from this commit (git archive) instead of the working tree")
+                   help="run the gateway from this commit (a git worktree) instead of the working tree")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory (server logs)")
     args = p.parse_args(argv)
     command = "python -m loadtests.bench_peers " + shlex.join(argv if argv is not None else sys.argv[1:])
 
-    chosen = select(args.only)
+    chosen = select(args.only, args.best)
+    sweep = len(args.connections) > 1
+    output = args.output or (SWEEP_RESULTS if sweep else RESULTS)
+    if args.gateway_ref is not None:
+        try:
+            sources.resolve(args.gateway_ref)
+        except ValueError as exc:
+            print(f"bench_peers: {exc}", file=sys.stderr)
+            return 2
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="bench-peers-"))
     results: list[Result] = []
     ceiling: Target | None = None
     gateway_from = "-"
     try:
-        ctx, expected = prepare(work, any(c.peer == "gateway" for c in chosen))
-        ctx.gateway_src, gateway_from = gateway_source(work, args.gateway_ref)
-        for cfg in chosen:
-            print(f"== {cfg.key}", flush=True)
-            why = ensure_env(cfg, args.setup, work)
-            if why:
-                result = Result(cfg, error=why)
-            else:
-                result, running = measure(cfg, ctx, expected, args, ceiling)
-                ceiling = ceiling or running
-            if result.error:
-                print(f"  did not run: {result.error}", flush=True)
-            results.append(result)
+        with contextlib.ExitStack() as trees:
+            source = gateway_source(work, args.gateway_ref, trees)
+            gateway_from = source.label
+            ctx, expected = prepare(work, any(c.peer == "gateway" for c in chosen), source)
+            for cfg in chosen:
+                print(f"== {cfg.key}", flush=True)
+                why = ensure_env(cfg, args.setup, work)
+                if why:
+                    measured = [Result(cfg, connections=level, error=why) for level in args.connections]
+                else:
+                    measured, running = measure(cfg, ctx, expected, args, ceiling)
+                    ceiling = ceiling or running
+                for result in measured:
+                    if result.error:
+                        print(f"  did not run at {result.connections} connections: {result.error}", flush=True)
+                results += measured
+            if ceiling is not None:
+                ceiling.close()
+                ceiling = None
     finally:
         if ceiling is not None:
             ceiling.close()
@@ -285,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
         else:
             print(f"scratch directory kept: {work}")
-    text = write(args.output, command, args, results, time.monotonic() - started, gateway_from)
+    writer = write_sweep if sweep else write
+    text = writer(output, command, args, results, time.monotonic() - started, gateway_from)
     print(text)
     return 0
 

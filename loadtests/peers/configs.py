@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..gateway_source import Source, working_tree
 from . import venvs
 
 APPS = Path(__file__).resolve().parent / "apps"
@@ -30,7 +31,8 @@ class Context:
     weights: Path  # bench.safetensors, the same bytes for every server
     row: list[float]  # the single request row
     registry: Path | None = None  # file registry holding the same weights as model "bench" (gateway)
-    gateway_src: Path = REPO  # the source tree the gateway runs from (a checkout of --gateway-ref)
+    # the code the gateway runs (the working tree, or a checkout of --gateway-ref) and wrote the registry with
+    gateway_source: Source = field(default_factory=working_tree)
 
 
 @dataclass
@@ -53,6 +55,8 @@ class Config:
     variant: str  # "stock", "best", ...
     build: Callable[[Context, Path, int], Launch]  # (context, its own scratch dir, port)
     own_env: bool = False  # runs in the project's environment (bare ceiling, gateway)
+    best: bool = False  # the peer's best configuration (or a reference): what a concurrency sweep measures
+    check: bool = True  # its answer must be the model's (the echo ceiling answers a constant)
 
     @property
     def key(self) -> str:
@@ -82,9 +86,13 @@ def _env(ctx: Context, peer: str | None = None, **extra: str) -> dict[str, str]:
 
 # ---- bare ceiling and FastAPI --------------------------------------------------------------------
 
-def bare(ctx: Context, _: Path, port: int) -> Launch:
-    return Launch([sys.executable, str(APPS / "bare_app.py"), str(port)],
-                  f"http://127.0.0.1:{port}/v2/models/bench/infer", oip_body(ctx.row), APPS, _env(ctx))
+def bare(echo: bool = False) -> Callable[[Context, Path, int], Launch]:
+    """The bare handler with the forward inline, or (`echo`) answering a constant: the ceiling of
+    Litestar + msgspec + uvicorn on this machine, no model at all."""
+    def build(ctx: Context, _: Path, port: int) -> Launch:
+        return Launch([sys.executable, str(APPS / "bare_app.py"), str(port), *(["--echo"] if echo else [])],
+                      f"http://127.0.0.1:{port}/v2/models/bench/infer", oip_body(ctx.row), APPS, _env(ctx))
+    return build
 
 
 def fastapi(quiet: bool) -> Callable[[Context, Path, int], Launch]:
@@ -226,10 +234,10 @@ def gateway(batching: bool, drift: bool = True, shadow: bool = False) -> Callabl
                "--shadow", "on" if shadow else "off", "--log-level", "warning"]
         if shadow:
             cmd += ["--shadow-budget", "1.0"]
-        env = _env(ctx)
-        env["PYTHONPATH"] = str(ctx.gateway_src)
-        return Launch(cmd, f"http://127.0.0.1:{port}/v2/models/bench/infer", oip_body(ctx.row), work, env,
-                      ready_timeout=60)
+        # started where (and with the PYTHONPATH with which) its source's code is the one imported
+        env = ctx.gateway_source.env(_env(ctx))
+        return Launch(cmd, f"http://127.0.0.1:{port}/v2/models/bench/infer", oip_body(ctx.row),
+                      ctx.gateway_source.cwd, env, ready_timeout=60)
     return build
 
 
@@ -268,26 +276,28 @@ INSTALL_NOTES = """\
 """
 
 CONFIGS: list[Config] = [
-    Config("bare", "bare ceiling (Litestar+msgspec+uvicorn)", "-", bare, own_env=True),
+    Config("bare", "bare ceiling (Litestar+msgspec+uvicorn)", "-", bare(), own_env=True, best=True),
+    Config("echo", "echo ceiling (bare handler, constant answer)", "-", bare(echo=True), own_env=True, best=True,
+           check=False),
     Config("gateway", "inferloop gateway", "batching off", gateway(False), own_env=True),
-    Config("gateway", "inferloop gateway", "batching on", gateway(True), own_env=True),
+    Config("gateway", "inferloop gateway", "batching on", gateway(True), own_env=True, best=True),
     Config("gateway", "inferloop gateway", "batching on, drift off", gateway(True, drift=False), own_env=True),
     Config("gateway", "inferloop gateway", "batching on, shadow 100 %", gateway(True, shadow=True), own_env=True),
     Config("fastapi", "FastAPI + uvicorn", "stock", fastapi(quiet=False)),
-    Config("fastapi", "FastAPI + uvicorn", "best: no access log", fastapi(quiet=True)),
+    Config("fastapi", "FastAPI + uvicorn", "best: no access log", fastapi(quiet=True), best=True),
     Config("mlserver", "MLServer 1.7.1", "stock", mlserver(best=False, batching=False)),
     Config("mlserver", "MLServer 1.7.1", "stock + adaptive batching", mlserver(best=False, batching=True)),
-    Config("mlserver", "MLServer 1.7.1", "best: parallel_workers=0", mlserver(best=True, batching=False)),
-    Config("mlserver", "MLServer 1.7.1", "best + adaptive batching", mlserver(best=True, batching=True)),
+    Config("mlserver", "MLServer 1.7.1", "best: parallel_workers=0", mlserver(best=True, batching=False), best=True),
+    Config("mlserver", "MLServer 1.7.1", "best + adaptive batching", mlserver(best=True, batching=True), best=True),
     Config("ray", "Ray Serve 2.60", "stock", ray(batch=False, max_ongoing=None)),
     Config("ray", "Ray Serve 2.60", "stock + @serve.batch", ray(batch=True, max_ongoing=None)),
     Config("ray", "Ray Serve 2.60", "max_ongoing=256", ray(batch=False, max_ongoing=256)),
     Config("ray", "Ray Serve 2.60", "best: direct ingress, max_ongoing=256",
-           ray(batch=False, max_ongoing=256, direct=True)),
-    Config("ray", "Ray Serve 2.60", "best + @serve.batch", ray(batch=True, max_ongoing=256, direct=True)),
+           ray(batch=False, max_ongoing=256, direct=True), best=True),
+    Config("ray", "Ray Serve 2.60", "best + @serve.batch", ray(batch=True, max_ongoing=256, direct=True), best=True),
     Config("bentoml", "BentoML 1.4.40", "stock", bentoml("Stock")),
-    Config("bentoml", "BentoML 1.4.40", "best: async, no access log", bentoml("Async")),
-    Config("bentoml", "BentoML 1.4.40", "best + batching", bentoml("Batched")),
+    Config("bentoml", "BentoML 1.4.40", "best: async, no access log", bentoml("Async"), best=True),
+    Config("bentoml", "BentoML 1.4.40", "best + batching", bentoml("Batched"), best=True),
     Config("torchserve", "TorchServe 0.12", "stock", torchserve(best=False)),
-    Config("torchserve", "TorchServe 0.12", "best: batch 64/2 ms, warn log", torchserve(best=True)),
+    Config("torchserve", "TorchServe 0.12", "best: batch 64/2 ms, warn log", torchserve(best=True), best=True),
 ]

@@ -1,8 +1,9 @@
 """The bare ceiling: the smallest Litestar + msgspec + uvicorn (uvloop, httptools) app that answers
 the gateway's OIP v2 request with the same forward. Nothing else runs per request. Start-up objects
-are frozen out of the garbage collector (`gc.freeze()`), as the gateway does.
+are frozen out of the garbage collector (`gc.freeze()`), as the gateway does. With `--echo` it
+decodes the request the same way and answers a constant instead: the framework alone, no model.
 
-    python bare_app.py PORT
+    python bare_app.py PORT [--echo]
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import uvicorn
 from bench_model import load, predict
 from litestar import Litestar, post
 
-MODEL = load()
+ECHO = "--echo" in sys.argv[2:]
+MODEL = None if ECHO else load()
 
 
 class Tensor(msgspec.Struct):
@@ -37,7 +39,7 @@ class InferResponse(msgspec.Struct):
 @post("/v2/models/bench/infer", status_code=200, sync_to_thread=False)
 def infer(data: InferRequest) -> InferResponse:
     t = data.inputs[0]
-    y = predict(MODEL, [t.data])
+    y = [0.5] if MODEL is None else predict(MODEL, [t.data])
     return InferResponse("bench", [Tensor("output-0", [len(y), 1], "FP32", y)])
 
 
