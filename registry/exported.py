@@ -117,13 +117,13 @@ def export_program(module: Any, example_inputs: Any, *, dynamic_axes: Mapping[st
     params = [p.name for p in inspect.signature(module.forward).parameters.values()
               if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     named, layout = normalise_inputs(example_inputs, params)
-    dynamic_axes = {k: set(v) for k, v in (dynamic_axes or {}).items()}
-    unknown = sorted(set(dynamic_axes) - set(named))
+    dynamic = {k: set(v) for k, v in (dynamic_axes or {}).items()}
+    unknown = sorted(set(dynamic) - set(named))
     if unknown:
         raise ValueError(f"dynamic_axes names unknown input(s) {unknown}; inputs are {list(named)}")
     batch = torch.export.Dim("batch", min=1)
     per_input = {name: {0: batch, **{axis: torch.export.Dim(f"{name}_{axis}", min=1)
-                                     for axis in sorted(dynamic_axes.get(name, ())) if axis != 0}}
+                                     for axis in sorted(dynamic.get(name, ())) if axis != 0}}
                  for name in named}
     captured = _batch_of_two(named)
     if layout == "dict":
@@ -151,7 +151,7 @@ def export_program(module: Any, example_inputs: Any, *, dynamic_axes: Mapping[st
         node.meta.pop("stack_trace", None)  # absolute paths of this install
     buffer = io.BytesIO()
     torch.export.save(program, buffer)
-    inputs = [_spec(name, tensor, dynamic_axes.get(name, set())) for name, tensor in named.items()]
+    inputs = [_spec(name, tensor, dynamic.get(name, set())) for name, tensor in named.items()]
     return buffer.getvalue(), inputs, [_spec(name, t, set()) for name, t in outputs.items()], layout
 
 

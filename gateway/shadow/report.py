@@ -88,7 +88,8 @@ def labels_of(outputs: np.ndarray, output_kind: str) -> np.ndarray:
     if output_kind == "binary":
         return (outputs[:, 0] >= 0.5).astype(np.int64)
     if outputs.shape[1] == 1:  # one column under a multiclass task: the labels themselves (e.g. ONNX `label`)
-        return np.rint(outputs[:, 0]).astype(np.int64)
+        column: np.ndarray = np.rint(outputs[:, 0]).astype(np.int64)
+        return column
     labels: np.ndarray = np.argmax(outputs, axis=1).astype(np.int64)
     return labels
 
