@@ -15,7 +15,9 @@ from inferloop.registry.manifest import Event
 
 
 def open_registry(args: argparse.Namespace) -> Registry:
-    return Registry.open(registry_uri(args), s3_endpoint=getattr(args, "s3_endpoint", None))
+    # no verb here can start a registry (promote and rollback need its versions): a missing one is an
+    # error ("no registry at URI", exit 2), never an empty directory made by looking
+    return Registry.open(registry_uri(args), s3_endpoint=getattr(args, "s3_endpoint", None), create=False)
 
 
 def register_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

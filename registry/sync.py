@@ -33,11 +33,14 @@ class Registry:
         atexit.register(self.close)
 
     @classmethod
-    def open(cls, uri: str = DEFAULT_REGISTRY_URI, *, s3_endpoint: str | None = None, check: bool = True) -> Registry:
+    def open(cls, uri: str = DEFAULT_REGISTRY_URI, *, s3_endpoint: str | None = None, check: bool = True,
+             create: bool = True) -> Registry:
+        """`create=False` for readers: an absent registry is `NotFound` "no registry at URI" instead of
+        an empty one made on the spot (a typo in the path must not look like a registry with no models)."""
         reg = cls(AsyncRegistry.open(uri, s3_endpoint=s3_endpoint))
         if check:
             try:
-                reg._run(reg.core.check())
+                reg._run(reg.core.check() if create else reg.core.store.check(create=False))
             except BaseException:
                 reg.close()
                 raise

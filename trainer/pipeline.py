@@ -98,7 +98,7 @@ def plan(policy: Policy, registry_uri: str, *, s3_endpoint: str | None = None, d
 
 def plan_reproduce(name: str, version: int | str, registry_uri: str, *, s3_endpoint: str | None = None,
                    data: str | None = None) -> BuildRequest:
-    with Registry.open(registry_uri, s3_endpoint=s3_endpoint) as reg:
+    with Registry.open(registry_uri, s3_endpoint=s3_endpoint, create=False) as reg:  # registers nothing
         manifest = reg.get_manifest(name, version)
     spec = TrainSpec.from_manifest(manifest)
     if data is not None:  # the same partitions moved elsewhere: their digests are still checked

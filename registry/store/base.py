@@ -36,7 +36,8 @@ class ObjectStore(Protocol):
     async def list_children(self, prefix: str, start_after: str = "", limit: int = 1000) -> list[str]:
         """Names directly under `prefix` (which ends in '/'), sorted, after `start_after`."""
 
-    async def check(self) -> None:
-        """Raise `Unavailable` if the backend cannot be used (unreachable, missing bucket)."""
+    async def check(self, create: bool = True) -> None:
+        """Raise `Unavailable` if the backend cannot be used (unreachable, missing bucket). With
+        `create=False` (readers) an absent registry is `NotFound` "no registry at URI", never made."""
 
     async def close(self) -> None: ...

@@ -148,7 +148,13 @@ class FileStore:
     async def list_children(self, prefix: str, start_after: str = "", limit: int = 1000) -> list[str]:
         return await asyncio.to_thread(self._list_children, prefix, start_after, limit)
 
-    def _check(self) -> None:
+    def _check(self, create: bool) -> None:
+        if not create:  # a reader: a missing directory is a typo, not an empty registry to make
+            if not self.root.is_dir():
+                raise NotFound(f"no registry at {self.uri}" + (" (it is a file)" if self.root.exists() else ""))
+            if not os.access(self.root, os.R_OK | os.X_OK):
+                raise Unavailable(f"registry directory {self.root} is not readable")
+            return
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -156,8 +162,8 @@ class FileStore:
         if not os.access(self.root, os.W_OK):
             raise Unavailable(f"registry directory {self.root} is not writable ({errno.errorcode[errno.EACCES]})")
 
-    async def check(self) -> None:
-        await asyncio.to_thread(self._check)
+    async def check(self, create: bool = True) -> None:
+        await asyncio.to_thread(self._check, create)
 
     async def close(self) -> None:
         return None

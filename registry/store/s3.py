@@ -151,13 +151,14 @@ class S3Store:
                 break
         return sorted(names)[:limit]
 
-    async def check(self) -> None:
-        s3 = await self._s3()
+    async def check(self, create: bool = True) -> None:
+        s3 = await self._s3()  # a bucket is never created here, by readers or writers
         try:
             with _mapped("bucket", self.bucket):
                 await s3.head_bucket(Bucket=self.bucket)
         except NotFound:
-            raise Unavailable(f"bucket {self.bucket!r} does not exist at {self.endpoint_url or 'AWS'}") from None
+            raise Unavailable(f"no registry at {self.uri}: bucket {self.bucket!r} does not exist at "
+                              f"{self.endpoint_url or 'AWS'}") from None
         except RegistryError:
             raise
 
