@@ -16,6 +16,7 @@ import msgspec
 
 from inferloop.gateway.errors import ModelNotReady, UnknownModel
 from inferloop.gateway.transport.protocol import model_metadata
+from inferloop.registry import NotFound
 
 if TYPE_CHECKING:
     import numpy as np
@@ -88,8 +89,22 @@ class DataPlane:
     def signature(self, model: ServedModel) -> ModelSignature:
         sig = model.primary.signature
         if sig is None:
-            raise ModelNotReady(f"model {model.name!r} has no {PRIMARY_STAGE} version loaded yet")
+            raise self._not_ready(model)
         return sig
+
+    def _not_ready(self, model: ServedModel) -> Exception:
+        if self._missing(model):  # 404, not "wait and retry": no version of it will load by waiting
+            return NotFound(f"model {model.name!r} does not exist in the registry")
+        return ModelNotReady(f"model {model.name!r} has no {PRIMARY_STAGE} version loaded yet")
+
+    @staticmethod
+    def _missing(model: ServedModel) -> bool:
+        poller = model.pollers.get(PRIMARY_STAGE)
+        return poller is not None and poller.model_exists is False and model.primary.current is None
+
+    def missing_models(self) -> list[str]:
+        """Served names with no version at all in the registry (a typo, or the wrong registry)."""
+        return sorted(name for name, model in self.models.items() if self._missing(model))
 
     async def infer(self, model: ServedModel, inputs: tuple[np.ndarray, ...], request_id: str) -> Prediction:
         return await model.batcher.submit(inputs, request_id)
@@ -114,7 +129,7 @@ class DataPlane:
         model = self.served(name)
         slot = model.primary.current
         if slot is None:
-            raise ModelNotReady(f"model {name!r} has no {PRIMARY_STAGE} version loaded yet")
+            raise self._not_ready(model)
         platform = {"onnx": "onnxruntime_onnx", "torch.export": "pytorch_export"}.get(slot.manifest.artifact.format,
                                                                                        "pytorch")
         return slot.version, model_metadata(name, slot.version, slot.signature, PRIMARY_STAGE, platform)

@@ -5,6 +5,11 @@ unchanged pointer costs almost nothing and nothing is ever listed. Rounds are `i
 jitter)` apart. A version that fails to load is retried with exponential back-off while the old
 version keeps serving; a registry that cannot be reached only counts errors and backs off.
 `poke()` starts a round at once (the admin endpoints use it after moving a pointer).
+
+While the pointer is absent and nothing serves, each round also asks whether the model exists at
+all (one HEAD/stat of its first manifest, until it does: nothing is ever deleted), so that a model
+name that is not in the registry (a typo, the wrong registry) is said at start-up and answered 404,
+not taken for a model whose first version is still to come.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import random
 import time
 from typing import TYPE_CHECKING
 
+from inferloop.gateway.serving.dataplane import PRIMARY_STAGE
 from inferloop.registry import RegistryError
 from inferloop.registry.core import POINTER_ABSENT
 
@@ -46,6 +52,7 @@ class StagePoller:
         self._error_backoff = settings.poll_interval_s
         self._wake = asyncio.Event()
         self._vanished_logged = False
+        self.model_exists: bool | None = None  # None: not known yet (or the registry did not answer)
 
     @property
     def pointer_version(self) -> int | None:
@@ -107,6 +114,10 @@ class StagePoller:
             self._vanished_logged = False
             self.etag, self.pointer, self.seen = state.etag, state.pointer, True
             self._retry_at, self._backoff = 0.0, self.settings.retry_initial_s  # a new target: no back-off
+        if self.etag == POINTER_ABSENT and self.stage.serving_version is None:
+            await self._check_exists()
+        elif self.pointer is not None:
+            self._exists(True)
         if not self.seen or self.pointer_version == self.stage.serving_version:
             return self._interval()
         now = time.monotonic()
@@ -114,6 +125,28 @@ class StagePoller:
             return min(self._interval(), self._retry_at - now)
         outcome = await self.stage.apply(self.pointer, trigger=f"poll {self.polls}")
         return self._after(outcome)
+
+    async def _check_exists(self) -> None:
+        if self.model_exists:
+            return  # versions are never deleted: once it exists, it always will
+        try:
+            exists = await self.registry.model_exists(self.stage.name)
+        except RegistryError:
+            return  # unknown this round; the next one asks again
+        self._exists(exists)
+
+    def _exists(self, exists: bool) -> None:
+        if exists == self.model_exists:
+            return
+        name, stage = self.stage.name, self.stage.stage
+        if stage != PRIMARY_STAGE:
+            pass  # one line per model, from its primary poller
+        elif not exists:
+            log.error("model %r does not exist in the registry %s (no version registered): requests for it are "
+                      "answered 404 until one is; the %s pointer is polled meanwhile", name, self.registry.uri, stage)
+        elif self.model_exists is False:
+            log.warning("model %r now exists in the registry (%s pointer)", name, stage)
+        self.model_exists = exists
 
     def _after(self, outcome: ApplyOutcome) -> float:
         if outcome.failure is None:
@@ -128,5 +161,5 @@ class StagePoller:
 
     def describe(self) -> dict[str, object]:
         return {"pointer_version": self.pointer_version, "polls": self.polls, "poll_errors": self.errors,
-                "last_poll_error": self.last_error,
+                "last_poll_error": self.last_error, "model_exists": self.model_exists,
                 "retry_in_s": round(max(0.0, self._retry_at - time.monotonic()), 3) if self._retry_at else None}

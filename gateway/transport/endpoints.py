@@ -58,7 +58,10 @@ def build_routes(plane: DataPlane, guard: AdminGuard, bodies: BodyReader) -> lis
     @get("/v2/health/ready")
     async def ready() -> ASGIResponse:
         ok = plane.ready()
-        return _json(encode({"ready": ok, "models": plane.serving_versions()}), 200 if ok else 503)
+        body: dict[str, object] = {"ready": ok, "models": plane.serving_versions()}
+        if missing := plane.missing_models():
+            body["detail"] = "; ".join(f"model {m!r} does not exist in the registry" for m in missing)
+        return _json(encode(body), 200 if ok else 503)
 
     @get("/v2")
     async def server_metadata() -> ASGIResponse:
