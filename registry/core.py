@@ -6,7 +6,11 @@ Invariants kept here:
 - the artifact blob is written before its manifest, and a pointer is moved only to a manifest
   that exists with its blob, so a crash at any point leaves no dangling reference;
 - pointers move by compare-and-swap only; events form a hash chain (each carries the digest of
-  the one before it), so an edited or removed entry is detectable.
+  the one before it), so an edited or removed entry is detectable;
+- each pointer move is logged exactly once, in move order: a mover first makes sure the move it
+  replaces is logged, and every writer of a move's events (the mover, or whoever finishes a dead
+  mover's work) reads the log forward from the position the pointer records and appends only at
+  the end it has read, so of two writers the later one sees the earlier one's event.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import msgspec
+
 from inferloop.registry import layout
 from inferloop.registry.errors import Conflict, CorruptArtifact, NotFound, RegistryError
 from inferloop.registry.failpoints import failpoint
@@ -39,11 +44,31 @@ from inferloop.registry.store import ObjectStore, open_store
 
 POINTER_HISTORY = 100  # versions remembered per pointer for walk-back rollbacks
 POINTER_ABSENT = "absent"  # the ETag `poll_pointer` reports for a pointer object that does not exist
+MOVE_KINDS = ("promoted", "rolled_back", "cleared")  # events that record a pointer move
 _ANY = object()
+# How long to let a live mover log its own move before logging it for it (keeping its details and
+# `recovered: false`); a move older than _GRACE_MAX_AGE_S is taken to be a dead writer's at once.
+_MOVER_GRACE_S = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4)
+_GRACE_MAX_AGE_S = 10.0
+_MAX_LOG_STEPS = 10_000  # reads + append attempts for one move's events before giving up as contention
+
+
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 def utcnow() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime(_TIME_FORMAT)
+
+
+def _age_s(stamp: str) -> float:
+    try:
+        return (datetime.now(UTC) - datetime.strptime(stamp, _TIME_FORMAT).replace(tzinfo=UTC)).total_seconds()
+    except ValueError:
+        return float("inf")
+
+
+def _v(version: int | None) -> str:
+    return "empty" if version is None else f"v{version}"
 
 
 def sha256(data: bytes) -> str:
@@ -58,9 +83,14 @@ class PointerState(msgspec.Struct, frozen=True):
 
 
 class Pointer(StagePointer, frozen=True):
-    """Stored pointer: the contract's fields plus the stack of earlier versions for rollback."""
+    """Stored pointer: the contract's fields plus the stack of earlier versions for rollback, and
+    what logging the move needs if its writer dies before doing so."""
 
     history: list[int] = []
+    # The audit log's length just before the move: the move's events all lie after this sequence
+    # number, so "is it logged?" reads forward from here (None: a pointer from before this field).
+    log_seq: int | None = None
+    kind: str = ""  # the move's event kind (promoted, rolled_back, cleared); "" on older pointers
 
 
 _T = TypeVar("_T")
@@ -313,21 +343,15 @@ class AsyncRegistry:
                 history.append(current_version)
         else:
             history = _history
+        start = await self._before_move(name, stage, current)
         pointer = Pointer(
             version=version, artifact_digest=manifest.artifact.digest, updated_at=utcnow(), actor=actor,
             reason=reason, previous_version=current_version, move_id=uuid.uuid4().hex,
-            history=history[-POINTER_HISTORY:],
+            history=history[-POINTER_HISTORY:], log_seq=start[0], kind=kind,
         )
-        if current is not None and current.move_id:
-            await self._record_move_if_missing(name, stage, current)
         await self.store.put_if_match(layout.stage(name, stage), encode(pointer), etag)
         failpoint("promote.after_pointer")
-        self._logged_moves.add(pointer.move_id)
-        await self.append_event(name, kind, actor=actor, reason=reason, stage=stage, version=version,
-                                from_version=current_version, details={"move_id": pointer.move_id, **(details or {})})
-        if stage == "production" and current_version is not None:
-            await self.append_event(name, "archived", actor=actor, reason=f"replaced by v{version} in production",
-                                    stage=stage, version=current_version)
+        await self._log_move(name, stage, pointer, details=details, start=start)
         return pointer
 
     async def clear(self, name: str, stage: str, *, actor: str = "", reason: str = "",
@@ -340,12 +364,13 @@ class AsyncRegistry:
             raise Conflict(f"{name} {stage} is at version {current_version}, not {expected_version}")
         if current is None or current_version is None:
             return None
+        start = await self._before_move(name, stage, current)
         pointer = Pointer(version=None, artifact_digest="", updated_at=utcnow(), actor=actor, reason=reason,
                           previous_version=current_version, move_id=uuid.uuid4().hex,
-                          history=[*current.history, current_version][-POINTER_HISTORY:])
+                          history=[*current.history, current_version][-POINTER_HISTORY:], log_seq=start[0],
+                          kind="cleared")
         await self.store.put_if_match(layout.stage(name, stage), encode(pointer), etag)
-        await self.append_event(name, "cleared", actor=actor, reason=reason, stage=stage,
-                                from_version=current_version, details={"move_id": pointer.move_id})
+        await self._log_move(name, stage, pointer, start=start)
         return pointer
 
     async def rollback(self, name: str, stage: str, *, to_version: int | str | None = None, actor: str = "",
@@ -397,29 +422,154 @@ class AsyncRegistry:
         for seq in range(head, max(head - count, 0), -1):
             yield _decode((await self.store.get(layout.event(name, seq))).data, Event, f"event {seq}")
 
-    async def _record_move_if_missing(self, name: str, stage: str, pointer: Pointer) -> None:
-        """A writer killed between moving a pointer and logging it leaves a move with no event:
-        the next mover records it (from the pointer, which holds actor, reason and time)."""
-        if pointer.move_id in self._logged_moves:
-            return
+    # -- logging pointer moves exactly once, in move order --------------------------------------
+    async def _before_move(self, name: str, stage: str, current: Pointer | None) -> tuple[int, str | None]:
+        """Make sure the move that set `current` is logged (its writer may have died between the
+        pointer and the event): logging the replaced move first is what keeps a stage's moves in
+        the log in the order they happened. Returns a log position (seq, its digest if known) that
+        exists now, so no event of the next move can be at or before it: that move's `log_seq`."""
+        pos: tuple[int, str | None] | None = None
+        if current is not None and current.move_id and current.move_id not in self._logged_moves:
+            if current.log_seq is None:
+                await self._log_legacy_move_if_missing(name, stage, current)
+            else:
+                pos = await self._log_move(name, stage, current, recovered=True)
+        cached = self._event_tail.get(name)  # an event this process read or wrote, so it exists
+        if cached is not None and (pos is None or cached[0] > pos[0]):
+            pos = cached
+        if pos is None:
+            pos = (await self._last_number(lambda n: layout.event(name, n)), None)
+        return pos
+
+    def _move_events(self, stage: str, pointer: Pointer, details: dict[str, Any] | None,
+                     recovered: bool) -> list[tuple[str, dict[str, Any]]]:
+        """The events one move is logged as, in order: its own, then `archived` for the replaced
+        production version. Each carries the move's id, the key that makes logging idempotent."""
+        kind = pointer.kind or ("cleared" if pointer.version is None else "promoted")
+        extra: dict[str, Any] = {"recovered": True, "moved_at": pointer.updated_at} if recovered else {}
+        events = [(kind, {"actor": pointer.actor, "reason": pointer.reason, "stage": stage,
+                          "version": pointer.version, "from_version": pointer.previous_version,
+                          "details": {"move_id": pointer.move_id, **extra, **(details or {})}})]
+        if stage == "production" and pointer.version is not None and pointer.previous_version is not None:
+            events.append(("archived", {"actor": pointer.actor, "stage": stage, "version": pointer.previous_version,
+                                        "reason": f"replaced by v{pointer.version} in production",
+                                        "details": {"move_id": pointer.move_id, **extra}}))
+        return events
+
+    async def _log_move(self, name: str, stage: str, pointer: Pointer, *, details: dict[str, Any] | None = None,
+                        recovered: bool = False, start: tuple[int, str | None] | None = None) -> tuple[int, str | None]:
+        """Append the move's events unless they are already in the log; each ends up there once.
+        Exactly once because nobody can log the move at or before `pointer.log_seq`, and every
+        writer reads the log from there and appends only right after the last event it has read
+        (a create-only write): of two writers racing, the later one reads the earlier one's event
+        before it can append its own. The mover passes `start` (position `log_seq` with its digest):
+        nothing after it has been read, so it may try appending right there. A `recovered` caller
+        (not the mover) reads first, and gives a live mover a moment to log its own move.
+        Returns the position of the move's last event."""
+        assert pointer.log_seq is not None
+        wanted = self._move_events(stage, pointer, details, recovered)
+        needed = {kind for kind, _ in wanted}
+        found: set[str] = set()
+        steps = 0
+        pos = start or await self._scan_move(name, pointer.move_id, (pointer.log_seq, None), found, needed)
+        if recovered and not needed <= found and _age_s(pointer.updated_at) < _GRACE_MAX_AGE_S:
+            for delay in _MOVER_GRACE_S:
+                await asyncio.sleep(delay)
+                pos = await self._scan_move(name, pointer.move_id, pos, found, needed)
+                if needed <= found:
+                    break
+        for kind, fields in wanted:
+            while kind not in found:
+                steps += 1
+                if steps > _MAX_LOG_STEPS:
+                    raise Conflict(f"could not log {name} {stage} move {pointer.move_id[:12]}: too much contention")
+                appended = await self._append_after(name, pos, kind, fields)
+                if appended is None:  # someone appended there first: read it (and any after it)
+                    pos = await self._scan_move(name, pointer.move_id, pos, found, needed)
+                else:
+                    pos = appended
+                    found.add(kind)
+                    if kind == wanted[0][0] and not recovered:
+                        failpoint("promote.after_event")  # logged the move, not yet `archived`
+        self._logged_moves.add(pointer.move_id)
+        return pos
+
+    async def _scan_move(self, name: str, move_id: str, pos: tuple[int, str | None], found: set[str],
+                         needed: set[str]) -> tuple[int, str | None]:
+        """Read events after `pos` (seq, digest of that event if known) until the log's end or until
+        every kind in `needed` has been seen carrying `move_id`; adds what it sees to `found` and
+        returns the position it stopped at. Reads ahead in growing batches: usually the move's
+        event is the very next one, and a dead writer's gap is read quickly."""
+        seq, digest = pos
+        window = max(len(needed - found), 1)
+        while not needed <= found:
+            batch = await asyncio.gather(*(self._event_bytes(name, seq + i) for i in range(1, window + 1)))
+            for raw in batch:
+                if raw is None:
+                    self._note_tail(name, seq, digest)
+                    return seq, digest
+                seq, digest = seq + 1, sha256(raw)
+                if move_id.encode() in raw:  # cheap filter before decoding
+                    try:
+                        event = msgspec.json.decode(raw, type=Event)
+                    except (msgspec.DecodeError, msgspec.ValidationError):
+                        continue  # a damaged entry is `verify`'s to report
+                    if event.details.get("move_id") == move_id:
+                        found.add(event.kind)
+                        if needed <= found:
+                            break
+            window = min(window * 2, 32)
+        return seq, digest
+
+    async def _event_bytes(self, name: str, seq: int) -> bytes | None:
+        try:
+            return (await self.store.get(layout.event(name, seq))).data
+        except NotFound:
+            return None
+
+    async def _append_after(self, name: str, pos: tuple[int, str | None], kind: str,
+                            fields: dict[str, Any]) -> tuple[int, str] | None:
+        """Create event seq+1 chained to event `seq`; None if it already exists."""
+        seq, digest = pos
+        if digest is None and seq:
+            cached = self._event_tail.get(name)
+            if cached and cached[0] == seq:
+                digest = cached[1]
+            else:
+                raw = await self._event_bytes(name, seq)
+                if raw is None:
+                    raise CorruptArtifact(f"event {seq} of {name} is missing (the log was tampered with)")
+                digest = sha256(raw)
+        data = encode(Event(seq=seq + 1, kind=kind, time=utcnow(), id=uuid.uuid4().hex[:12], prev_digest=digest,
+                            **fields))
+        try:
+            await self.store.put_if_absent(layout.event(name, seq + 1), data)
+        except Conflict:
+            return None
+        self._note_tail(name, seq + 1, sha256(data))
+        return seq + 1, sha256(data)
+
+    def _note_tail(self, name: str, seq: int, digest: str | None) -> None:
+        cached = self._event_tail.get(name)
+        if digest is not None and seq and (cached is None or cached[0] < seq):
+            self._event_tail[name] = (seq, digest)
+
+    async def _log_legacy_move_if_missing(self, name: str, stage: str, pointer: Pointer) -> None:
+        """A pointer written before `log_seq` existed: look for its move among the recent events
+        and, when it is clearly missing, log it from the newest event read."""
+        head = 0
         oldest_seen = None
         async for event in self._recent_events(name, 32):
+            head = head or event.seq
             if event.details.get("move_id") == pointer.move_id:
                 return
-            if event.stage == stage and event.kind in ("promoted", "rolled_back", "cleared"):
+            if event.stage == stage and event.kind in MOVE_KINDS:
                 break  # an older move of this stage is logged but this one is not
             oldest_seen = event.seq
         else:
             if oldest_seen != 1:
                 return  # not seen within the recent window: assume it was logged long ago
-        await self.append_event(name, "promoted", actor=pointer.actor, reason=pointer.reason, stage=stage,
-                                version=pointer.version, from_version=pointer.previous_version,
-                                details={"move_id": pointer.move_id, "recovered": True,
-                                         "moved_at": pointer.updated_at})
-        if stage == "production" and pointer.previous_version is not None:
-            await self.append_event(name, "archived", actor=pointer.actor, stage=stage,
-                                    version=pointer.previous_version,
-                                    reason=f"replaced by v{pointer.version} in production")
+        await self._log_move(name, stage, msgspec.structs.replace(pointer, log_seq=head), recovered=True)
 
     async def history(self, name: str, *, after: int = 0, limit: int = 100,
                       kinds: set[str] | None = None) -> list[Event]:
@@ -440,12 +590,34 @@ class AsyncRegistry:
             start = keys[-1]
         return out
 
+    @staticmethod
+    def _check_move_event(key: str, event: Event, logged: dict[tuple[str, str], str],
+                          stage_at: dict[str, int | None]) -> list[str]:
+        """A move is logged once, and a stage's moves follow each other: each starts where the one
+        logged before it left the stage (else the log shows moves that never happened)."""
+        move_id = str(event.details.get("move_id", ""))
+        if move_id:
+            first = logged.setdefault((event.kind, move_id), key)
+            if first != key:
+                return [f"event {key} ({event.kind}): move {move_id[:12]} is already logged by event {first}"]
+        if event.kind not in MOVE_KINDS or event.stage is None:
+            return []
+        problems = []
+        if event.stage in stage_at and stage_at[event.stage] != event.from_version:
+            problems.append(f"event {key} ({event.kind}): moves {event.stage} from {_v(event.from_version)}, but the "
+                            f"move logged before it left {event.stage} at {_v(stage_at[event.stage])} (a move is "
+                            "missing or logged out of order)")
+        stage_at[event.stage] = event.version
+        return problems
+
     async def verify(self, name: str) -> list[str]:
         """Check the event chain, every manifest and blob digest, and every pointer. Returns problems."""
         check_model_name(name)
         problems: list[str] = []
         prev_digest: str | None = None
         move_ids: set[str] = set()
+        logged: dict[tuple[str, str], str] = {}  # (kind, move id) -> key of the event that logged it
+        stage_at: dict[str, int | None] = {}  # stage -> version its last logged move left it at
         expected_seq = 1
         start = ""
         while True:
@@ -469,6 +641,7 @@ class AsyncRegistry:
                                     "edited or removed")
                 prev_digest = sha256(raw)
                 expected_seq = event.seq + 1
+                problems.extend(self._check_move_event(key, event, logged, stage_at))
                 if "move_id" in event.details:
                     move_ids.add(str(event.details["move_id"]))
             start = keys[-1]

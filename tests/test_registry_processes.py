@@ -79,7 +79,7 @@ def test_promoter_killed_between_pointer_and_event_is_healed(registry_uri: str) 
     with Registry.open(registry_uri) as reg:
         for s in (1, 2, 3):
             register_tiny(reg, "m", s)
-    code = ("import sys; from registry import Registry\n"
+    code = ("import sys; from inferloop.registry import Registry\n"
             "with Registry.open(sys.argv[1]) as r: r.promote('m', 1, 'production', actor='killed', reason='x')")
     p = subprocess.run([sys.executable, "-c", code, registry_uri], env={**os.environ,
                        "INFERLOOP_FAILPOINT": "promote.after_pointer"}, timeout=120)
