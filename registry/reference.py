@@ -2,11 +2,15 @@
 
 Bins are open at both ends: value bin i holds x with edges[i-1] <= x < edges[i]; the last slot
 counts missing (NaN) values. Counting is vectorised (`searchsorted` + `bincount`), per batch.
+`reference_stats` (what registration stores) also warns when the reference is too small for the
+drift monitor's default threshold to apply (`drift_power.warn_if_underpowered`).
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from inferloop.registry.drift_power import warn_if_underpowered
 from inferloop.registry.manifest import BinnedReference, ReferenceStats
 
 DEFAULT_BINS = 10
@@ -47,4 +51,6 @@ def reference_stats(x: np.ndarray, feature_names: list[str], predictions: np.nda
     preds = None
     if predictions is not None:
         preds = bin_reference("prediction", np.asarray(predictions, dtype=np.float64).reshape(len(x), -1)[:, 0], bins)
-    return ReferenceStats(features=feats, predictions=preds, sample_size=int(x.shape[0]))
+    stats = ReferenceStats(features=feats, predictions=preds, sample_size=int(x.shape[0]))
+    warn_if_underpowered(stats)
+    return stats

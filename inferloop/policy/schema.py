@@ -208,8 +208,13 @@ class ShadowPolicy(_Section, frozen=True):
 
 # -- monitor: (read by the gateway) -------------------------------------------------------------
 class PsiMethod(_Section, frozen=True):
-    threshold: float = 0.10  # drift when a feature's PSI over a window reaches this (docs/drift.md)
+    """A feature drifts when its PSI over a window exceeds both `threshold` (the smallest shift worth a
+    retrain) and the critical value for `false_alarm_rate`, which grows when the reference or the
+    window is small (docs/drift.md)."""
+
+    threshold: float = 0.10  # effect-size floor: PSI below this never trips
     exit_threshold: float | None = None  # drift state clears below this (hysteresis); default: threshold
+    false_alarm_rate: float = 0.01  # chance that an undrifted window trips, over all features tested
 
     def __post_init__(self) -> None:
         _finite(self.threshold, "monitor.methods.psi.threshold")
@@ -218,6 +223,9 @@ class PsiMethod(_Section, frozen=True):
             _finite(self.exit_threshold, "monitor.methods.psi.exit_threshold")
             _require(0 <= self.exit_threshold <= self.threshold,
                      "monitor.methods.psi.exit_threshold must be between 0 and threshold")
+        _finite(self.false_alarm_rate, "monitor.methods.psi.false_alarm_rate")
+        _require(0 < self.false_alarm_rate < 1, "monitor.methods.psi.false_alarm_rate must be between 0 and 1 "
+                                                f"(exclusive), got {self.false_alarm_rate}")
 
     @property
     def exit_level(self) -> float:
@@ -259,10 +267,10 @@ class MonitorPolicy(_Section, frozen=True):
     methods: MonitorMethods = msgspec.field(default_factory=MonitorMethods)
     window: int = 1000  # rows per tumbling window the PSI is computed over
     window_seconds: float = 300.0  # a window also closes after this long, once it has min_samples rows
-    # With 10 bins and threshold 0.10, undrifted windows of min_samples rows trip far less than 1 % of
-    # the time (tests/test_drift.py measures it): below ~250 rows the noise floor is too high to trust.
+    # Undrifted windows trip at most methods.psi.false_alarm_rate of the time at any size (the critical
+    # value grows as windows shrink); small windows only make small drift harder to see (docs/drift.md).
     min_samples: int = 500  # no verdict before this many inputs in the window
-    consecutive: int = 1  # evaluations over threshold in a row before a trip
+    consecutive: int = 1  # windows over the level in a row before a trip
     cooldown_s: float = 3600.0  # no second trip within this many seconds
     on_trigger: TriggerPolicy = msgspec.field(default_factory=TriggerPolicy)
 
