@@ -159,6 +159,10 @@ class GatewayMetrics:
                                          ["model"], registry=r)
         self.feature_psi = Gauge("inferloop_feature_psi", "PSI of the last closed window, per feature (this replica)",
                                  ["model", "feature"], registry=r)
+        self.feature_psi_critical = Gauge("inferloop_feature_psi_critical",
+                                          "PSI an undrifted feature exceeds with probability false_alarm_rate / "
+                                          "features, for the last closed window's rows (this replica)",
+                                          ["model", "feature"], registry=r)
         self.drift_triggers = Counter("inferloop_drift_triggers", "Drift trips that requested a retrain", ["model"],
                                       registry=r)
         self.prediction_log_dropped = Counter("inferloop_prediction_log_dropped",

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inferloop.gateway.drift.monitor import DriftMonitor, noise_floor, psi
+from inferloop.gateway.drift.monitor import DriftMonitor, psi
 from inferloop.policy import MonitorMethods, MonitorPolicy, PsiMethod
+from inferloop.registry.drift_power import noise_floor
 from inferloop.registry.reference import reference_stats
 
 FEATURES = [f"f{i}" for i in range(8)]
@@ -85,7 +86,7 @@ def test_undrifted_windows_trip_less_than_one_percent(reference) -> None:
         psis.append(r.max_psi)
     assert trips / windows < 0.01
     # and the reported noise floor is the right order of magnitude for the observed per-feature PSI
-    floor = noise_floor(10, config.min_samples, reference.sample_size)
+    floor = noise_floor(config.min_samples, reference.sample_size, 10)
     assert 0.3 * floor < np.mean([f.psi for f in r.features]) < 3 * floor
 
 

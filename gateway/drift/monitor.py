@@ -8,8 +8,11 @@ same PSI over all replicas (docs/drift.md).
 PSI = Σ (aᵢ − eᵢ)·ln(aᵢ/eᵢ) over the value bins plus the missing-value bin. Empty bins are smoothed
 by adding 0.5 to every count on both sides (a tiny epsilon would let one empty bin trip any
 threshold). The same arithmetic runs in PromQL over summed counters (docs/drift.md).
-Under no drift n·PSI is roughly χ²(k−1)·(1 + n/M), so its mean — the noise floor reported next to
-every value — is about (k−1)(1/n + 1/M).
+
+Under no drift n·PSI is roughly χ²(bins−1)·(1 + n/M), so PSI is noise at small n or M. A window
+drifts only when some feature's PSI exceeds its level = max(threshold, critical), the critical value
+being the PSI an undrifted feature exceeds with probability false_alarm_rate / features
+(`inferloop.registry.drift_power`), computed with the window's actual row count.
 """
 
 from __future__ import annotations
@@ -24,38 +27,43 @@ import msgspec
 import numpy as np
 
 from inferloop.policy import MonitorPolicy
+from inferloop.registry.drift_power import SMOOTHING, Calibration
 from inferloop.registry.manifest import ReferenceStats
 
-SMOOTHING = 0.5
 FOLD_ROWS = 1024  # rows held before they are binned (see DriftMonitor.observe)
 
 
 def psi(actual_counts: np.ndarray, expected_fractions: np.ndarray, expected_total: int) -> float:
     """PSI of one feature's window counts against the reference, with +0.5 smoothing on both sides."""
+    return float(psi_rows(actual_counts, expected_fractions, expected_total))
+
+
+def psi_rows(actual_counts: np.ndarray, expected_fractions: np.ndarray,
+             expected_total: int | np.ndarray) -> np.ndarray:
+    """`psi` of many windows at once: counts (..., slots) -> PSI (...). The reference may also vary
+    along the leading axes (fractions (..., slots), totals (..., 1)): several features in one call."""
     a = np.asarray(actual_counts, dtype=np.float64)
-    a = (a + SMOOTHING) / (a.sum() + SMOOTHING * a.size)
+    a = (a + SMOOTHING) / (a.sum(axis=-1, keepdims=True) + SMOOTHING * a.shape[-1])
     e = smoothed_expected(expected_fractions, expected_total)
-    return float(np.sum((a - e) * np.log(a / e)))
+    out: np.ndarray = np.sum((a - e) * np.log(a / e), axis=-1)
+    return out
 
 
-def smoothed_expected(expected_fractions: np.ndarray, expected_total: int) -> np.ndarray:
+def smoothed_expected(expected_fractions: np.ndarray, expected_total: int | np.ndarray) -> np.ndarray:
     """Reference fractions with the same +0.5 smoothing; exported as
     `inferloop_feature_reference_fraction` so a PromQL rule reproduces `psi` exactly."""
-    e = np.asarray(expected_fractions, dtype=np.float64) * max(expected_total, 1)
-    smoothed: np.ndarray = (e + SMOOTHING) / (e.sum() + SMOOTHING * e.size)
+    e = np.asarray(expected_fractions, dtype=np.float64) * np.maximum(expected_total, 1)
+    smoothed: np.ndarray = (e + SMOOTHING) / (e.sum(axis=-1, keepdims=True) + SMOOTHING * e.shape[-1])
     return smoothed
-
-
-def noise_floor(bins: int, n: int, m: int) -> float:
-    """Expected PSI with no drift, ≈ (k−1)(1/n + 1/M)."""
-    return (bins - 1) * (1.0 / max(n, 1) + 1.0 / max(m, 1))
 
 
 class FeatureDrift(msgspec.Struct, frozen=True):
     feature: str
     psi: float
     n: int
-    noise_floor: float
+    noise_floor: float  # expected PSI of an undrifted window of n rows
+    critical: float  # PSI an undrifted feature exceeds with probability false_alarm_rate / features
+    level: float  # max(threshold, critical): the feature drifts when psi exceeds this
     counts: list[int]
 
 
@@ -94,12 +102,14 @@ class DriftMonitor:
         self.config = config
         self.threshold = config.methods.psi.threshold
         self.exit_level = config.methods.psi.exit_level
+        self.false_alarm_rate = config.methods.psi.false_alarm_rate
         self.reference_version = reference_version
         self.clock = clock
         self.names = [f.name for f in reference.features]
         self.edges = [np.asarray(f.edges, dtype=np.float64) for f in reference.features]
         self.expected = [np.asarray(f.fractions, dtype=np.float64) for f in reference.features]
         self.reference_n = [max(int(f.count), 1) for f in reference.features]
+        self.calibration = Calibration(reference.features, self.false_alarm_rate)
         width = max((len(e) + 2 for e in self.edges), default=2)
         # One row of counts per feature, padded to the widest: value bins, then the missing bin.
         self.counts = np.zeros((len(self.names), width), dtype=np.int64)
@@ -154,18 +164,22 @@ class DriftMonitor:
     def close_window(self, now: float | None = None) -> WindowResult:
         now = self.clock() if now is None else now
         self._fold()
+        n = int(self.rows)  # the actual rows: a window closed by time has fewer than `window`
+        critical = self.calibration.critical(n)
+        floor = self.calibration.noise_floor(n)
         features = []
         for j, name in enumerate(self.names):
             k = len(self.edges[j]) + 1
             counts = self.counts[j, : k + 1]
             value = psi(counts, self.expected[j], self.reference_n[j])
-            features.append(FeatureDrift(name, value, int(self.rows), noise_floor(k, self.rows, self.reference_n[j]),
+            crit = float(critical[j])
+            features.append(FeatureDrift(name, value, n, float(floor[j]), crit, max(self.threshold, crit),
                                          [int(c) for c in counts]))
         max_psi = max((f.psi for f in features), default=0.0)
         result = WindowResult(
-            index=self.state.windows, started_at=self.window_started, ended_at=now, n=int(self.rows),
+            index=self.state.windows, started_at=self.window_started, ended_at=now, n=n,
             reference_version=self.reference_version, edges_digest=self.edges_digest, features=features,
-            max_psi=max_psi, drifted=max_psi >= self.threshold,
+            max_psi=max_psi, drifted=any(f.psi > f.level for f in features),
         )
         self.counts[:] = 0
         self.rows = 0
@@ -178,7 +192,8 @@ class DriftMonitor:
         st.windows += 1
         st.last = result
         if st.state == "drifted":
-            if result.max_psi < self.exit_level:
+            # hysteresis: every feature back under max(exit threshold, its critical value)
+            if all(f.psi < max(self.exit_level, f.critical) for f in result.features):
                 st.state, st.consecutive = "ok", 0
             return
         st.consecutive = st.consecutive + 1 if result.drifted else 0

@@ -4,7 +4,8 @@ It observes every primary batch (counting into the production version's referenc
 windows on a timer, and when drift trips it records `drift_detected`, calls the policy's trigger
 (trainer, Airflow, GitHub or webhook) in the background with retries, and records
 `retrain_requested` with the job id. A new production version brings a new reference and a fresh
-monitor (and so ends any cooldown).
+monitor (and so ends any cooldown); when that reference is too small for the policy's threshold to
+apply at the policy's window, a warning is logged and shown in the drift state.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import msgspec
 
 from inferloop.gateway.drift.monitor import DriftMonitor, WindowResult, smoothed_expected
 from inferloop.gateway.drift.trigger import TriggerOutcome, TriggerPayload, deliver
+from inferloop.registry.drift_power import power_check
 
 if TYPE_CHECKING:
     import httpx
@@ -43,9 +45,11 @@ class DriftWatch:
         self.http = http
         self.trigger_enabled = trigger_enabled
         self.monitor: DriftMonitor | None = None
+        self.power_warning: str | None = None  # the production reference is too small for the threshold
         self.deliveries: list[asyncio.Task[TriggerOutcome]] = []
         self.last_outcome: TriggerOutcome | None = None
         self._psi = metrics.feature_psi
+        self._critical = metrics.feature_psi_critical
         self._triggers = metrics.drift_triggers.labels(model)
         stage.listeners.append(self._on_swap)
         if stage.current is not None:
@@ -62,8 +66,14 @@ class DriftWatch:
         reference = slot.manifest.reference if slot is not None else None
         if new is None or reference is None or not reference.features:
             self.monitor = None
+            self.power_warning = None
             return
         self.monitor = DriftMonitor(reference, self.policy, reference_version=new)
+        psi = self.policy.methods.psi
+        check = power_check(reference, threshold=psi.threshold, window=self.policy.window, alpha=psi.false_alarm_rate)
+        self.power_warning = check.message if check is not None else None
+        if check is not None:
+            log.warning("%s v%s: %s", self.model, new, check.message)
 
     # -- the timer ----------------------------------------------------------------------------
     def tick(self, now: float | None = None) -> WindowResult | None:
@@ -73,6 +83,7 @@ class DriftWatch:
         result = monitor.close_window(now)
         for f in result.features:
             self._psi.labels(self.model, f.feature).set(f.psi)
+            self._critical.labels(self.model, f.feature).set(f.critical)
         if monitor.should_trigger(now):
             self._fire(monitor, result, now)
         return result
@@ -81,15 +92,18 @@ class DriftWatch:
         key = monitor.idempotency_key(self.model, now)
         monitor.mark_triggered(now)
         self._triggers.inc()
-        worst = max(result.features, key=lambda f: f.psi)
-        reason = (f"PSI {worst.psi:.3f} on {worst.feature} (threshold {monitor.threshold}, n={result.n}, "
+        worst = max(result.features, key=lambda f: f.psi / f.level)  # furthest over its own level
+        reason = (f"PSI {worst.psi:.3f} on {worst.feature} > level {worst.level:.3f} (threshold {monitor.threshold}, "
+                  f"critical {worst.critical:.3f} at false-alarm rate {monitor.false_alarm_rate:g}, n={result.n}, "
                   f"noise floor {worst.noise_floor:.4f}) against v{monitor.reference_version}")
         snapshot = {"window": msgspec.to_builtins(result), "reference_version": monitor.reference_version,
-                    "edges_digest": monitor.edges_digest, "threshold": monitor.threshold, "max_psi": result.max_psi}
+                    "edges_digest": monitor.edges_digest, "threshold": monitor.threshold,
+                    "false_alarm_rate": monitor.false_alarm_rate, "max_psi": result.max_psi}
         log.warning("%s: drift detected: %s", self.model, reason)
         self.events.record(self.model, "drift_detected", version=monitor.reference_version, reason=reason,
                            details={"idempotency_key": key, "max_psi": result.max_psi,
                                     "psi": {f.feature: round(f.psi, 5) for f in result.features},
+                                    "critical": {f.feature: round(f.critical, 5) for f in result.features},
                                     "n": result.n, "window": [result.started_at, result.ended_at]})
         if not self.trigger_enabled:
             return
@@ -126,6 +140,7 @@ class DriftWatch:
         return {
             "model": self.model, "state": st.state, "reference_version": monitor.reference_version,
             "threshold": monitor.threshold, "exit_threshold": monitor.exit_level,
+            "false_alarm_rate": monitor.false_alarm_rate, "power_warning": self.power_warning,
             "window": self.policy.window, "min_samples": self.policy.min_samples,
             "window_seconds": self.policy.window_seconds, "rows_in_window": monitor.rows,
             "window_started_at": monitor.window_started, "consecutive": st.consecutive, "windows": st.windows,
