@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from inferloop.gateway.drift.watch import drift_timer
 from inferloop.gateway.serving.dataplane import SHADOW_STAGE, DataPlane
 from inferloop.gateway.shadow.mirror import auto_promote_loop
-from inferloop.registry import Unavailable
+from inferloop.registry import NotFound, Unavailable
 
 if TYPE_CHECKING:
     from litestar import Litestar
@@ -50,8 +50,11 @@ def lifespans(plane: DataPlane, parts: GatewayParts) -> list[Lifespan]:
 def registry_and_executors(plane: DataPlane, parts: GatewayParts) -> Lifespan:
     @contextlib.asynccontextmanager
     async def manage(_app: Litestar) -> AsyncIterator[None]:
-        try:
-            await plane.registry.check()
+        try:  # the gateway reads the registry: a missing one is reported, never created
+            await plane.registry.store.check(create=False)
+        except NotFound as exc:
+            log.error("%s: nothing can be served until it exists (check --registry / INFERLOOP_REGISTRY); "
+                      "pollers will keep looking", exc)
         except Unavailable as exc:  # serve what can be loaded later; readiness reports the rest
             log.error("registry %s is not reachable at start-up (%s); pollers will keep trying",
                       plane.registry.uri, exc)

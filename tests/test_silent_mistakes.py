@@ -136,3 +136,15 @@ def test_a_missing_model_becomes_not_ready_then_served_once_it_is_registered(tmp
     said = [r.getMessage() for r in caplog.records if "late" in r.getMessage()]
     assert sum("does not exist in the registry" in m for m in said) == 1, said  # once, not per stage or round
     assert any("'late' now exists in the registry" in m for m in said), said
+
+
+def test_serving_from_a_registry_path_that_does_not_exist_creates_nothing(tmp_path: Path, caplog) -> None:
+    """Observed: a gateway started on a mistyped registry path logs "no registry at URI" and answers
+    404 for its model; the directory is never created (the gateway only reads the registry)."""
+    typo = tmp_path / "model-registy"
+    with caplog.at_level(logging.ERROR, logger="inferloop.gateway"):
+        with ThreadedGateway(settings_for(f"file://{typo}", ["m"], tmp_path)) as gw:
+            eventually(lambda: gw.client.post("/v2/models/m/infer", json=infer_body([[0.0] * 8])).status_code
+                       == 404, 30, "the missing model answered 404")
+    assert not typo.exists()
+    assert any("no registry at" in r.getMessage() for r in caplog.records)
