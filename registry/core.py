@@ -200,6 +200,7 @@ class AsyncRegistry:
         metrics: dict[str, float] | None = None,
         reference: ReferenceStats | None = None,
         warmup: list[list[float]] | None = None,
+        warmup_inputs: dict[str, Any] | None = None,
         tags: list[str] | None = None,
         parent: int | None = None,
         validation: ValidationRecord | None = None,
@@ -223,7 +224,8 @@ class AsyncRegistry:
             manifest = VersionManifest(
                 name=name, version=number, created_at=utcnow(), identity=identity, artifact=info,
                 lineage=lineage, signature=signature, metrics=dict(metrics or {}), reference=reference,
-                warmup=list(warmup or []), tags=list(tags or []), parent=parent, validation=validation,
+                warmup=list(warmup or []), warmup_inputs=dict(warmup_inputs or {}), tags=list(tags or []),
+                parent=parent, validation=validation,
             )
             try:
                 await self.store.put_if_absent(layout.manifest(name, number), encode(manifest))

@@ -29,7 +29,6 @@ from functools import lru_cache
 
 import msgspec
 import numpy as np
-from scipy import optimize, stats
 
 from inferloop.registry.manifest import BinnedReference, ReferenceStats
 
@@ -59,6 +58,8 @@ def chi2_quantile(bins: int, features: int, alpha: float) -> float:
     monitor asks for the same few (bins, F, α) on every window."""
     if bins <= 1:
         return 0.0
+    from scipy import stats  # lazily: scipy costs ~1 s at import, and every registry import would pay it
+
     return float(stats.chi2.isf(alpha / max(features, 1), bins - 1))
 
 
@@ -119,6 +120,7 @@ def min_detectable_psi(n: int, m: int, bins: int, *, empty: int = 1, features: i
     s = float(_scale(nn, mm, b))
     level = max(threshold, critical_psi(n, m, bins, empty=empty, features=features, alpha=alpha))
     cut = (level - float(_bias(nn, mm, b, e))) / s
+    from scipy import optimize, stats  # lazily, as in chi2_quantile
 
     def short(lam: float) -> float:
         return float(stats.ncx2.sf(cut, bins - 1, lam)) - power

@@ -8,6 +8,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from inferloop.registry.artifact import FORMAT, save_module
+from inferloop.registry.drift_columns import (
+    input_columns,
+    input_matrix,
+    is_tabular,
+    output_column,
+    output_values,
+)
 from inferloop.registry.errors import UnsupportedArtifact
 from inferloop.registry.lineage import capture_code, capture_environment
 from inferloop.registry.manifest import (
@@ -23,7 +30,7 @@ from inferloop.registry.manifest import (
 )
 from inferloop.registry.names import check_model_name
 from inferloop.registry.packaging import package_model
-from inferloop.registry.reference import bin_reference, reference_stats
+from inferloop.registry.reference import reference_stats
 from inferloop.registry.runnable import Runnable, open_runnable
 
 if TYPE_CHECKING:
@@ -117,7 +124,7 @@ class Run:
             ref = _reference(runnable, packaged.arrays(reference), signature)
         lineage = Lineage(code=capture_code(), environment=capture_environment(self.device), params=self.params,
                           seed=self.seed, data=self.data, world_size=self.world_size)
-        tabular = signature.features and len(signature.inputs) == 1
+        tabular = is_tabular(signature)
         manifest, created = self.registry.register_artifact(
             self.name, packaged.data, packaged.info, lineage, signature, metrics=self.metrics, reference=ref,
             warmup=warm[0][:16].astype(float).tolist() if tabular else [],
@@ -160,9 +167,13 @@ class Run:
                 param = next(model.parameters())
                 preds = model(torch.as_tensor(ref_x, device=param.device)).float().cpu().numpy()
                 model.train(was_training)
-            if output_kind == "binary":
+            if output_kind == "binary":  # as served: probabilities (runnable.TorchRunnable)
                 preds = 1.0 / (1.0 + np.exp(-preds))
-            ref = reference_stats(ref_x, names, preds)
+            elif output_kind == "multiclass":
+                shifted = np.exp(preds - preds.max(axis=1, keepdims=True))
+                preds = shifted / shifted.sum(axis=1, keepdims=True)
+            column = output_values(preds)  # drift also watches the first output (registry.drift_columns)
+            ref = reference_stats(np.column_stack([ref_x, column]), [*names, "output:output"], preds)
         signature = InputSignature(
             features=[FeatureSpec(n) for n in names], output_kind=output_kind, outputs=spec.out_features,
             classes=list(classes or []),
@@ -186,16 +197,13 @@ def _check_outputs(outputs: list[np.ndarray], signature: InputSignature) -> None
 
 
 def _reference(runnable: Runnable, arrays: list[np.ndarray], signature: InputSignature) -> ReferenceStats:
-    """Drift statistics: per feature for a tabular input, and of the first output's first column."""
+    """Drift statistics over the columns `drift_columns` defines: the input columns (features, or row
+    summaries for non-tabular inputs) and the first output's first column."""
     rows = len(arrays[0])
-    preds = np.concatenate([_first_column(runnable.run([a[i:i + 4096] for a in arrays])[0])
+    preds = np.concatenate([output_values(runnable.run([a[i:i + 4096] for a in arrays])[0])
                             for i in range(0, rows, 4096)])
-    names = [f.name for f in signature.features]
-    if names and len(arrays) == 1:
-        return reference_stats(arrays[0].astype(np.float64), names, preds)
-    return ReferenceStats(features=[], predictions=bin_reference("prediction", preds.astype(np.float64)),
-                          sample_size=rows)
-
-
-def _first_column(out: np.ndarray) -> np.ndarray:
-    return np.asarray(out, dtype=np.float64).reshape(len(out), -1)[:, 0]
+    tabular = is_tabular(signature)
+    columns = input_matrix(signature, arrays, tabular)
+    names = input_columns(signature)
+    stats = reference_stats(np.column_stack([columns, preds]), [*names, output_column(signature)], preds)
+    return stats

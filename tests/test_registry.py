@@ -44,7 +44,7 @@ def test_seed_example_runs_as_written(reg: Registry) -> None:
     assert m.tags == ["commit:a4f9c22"]
     assert m.lineage.environment.torch == str(torch.__version__)
     assert len(m.lineage.environment.packages_digest) == 64
-    assert len(m.warmup) == 8 and len(m.reference.features) == 8
+    assert len(m.warmup) == 8 and len(m.reference.features) == 9  # 8 features and the output
     feat = m.reference.features[0]
     assert len(feat.fractions) == len(feat.edges) + 2 and abs(sum(feat.fractions) - 1) < 1e-9
     assert m.reference.predictions is not None

@@ -61,7 +61,9 @@ def test_build_registers_a_version_with_full_lineage(tmp_path: Path, data: Path,
     assert m.signature.output_kind == "regression"
     assert set(m.metrics) == {"rmse", "mae", "r2"} and m.metrics["rmse"] == summary["metrics"]["rmse"]
     assert m.reference is not None and m.reference.predictions is not None
-    assert len(m.reference.features) == len(m.signature.features) and len(m.warmup) == 8
+    # drift bins every feature and the first output (registry.drift_columns)
+    assert [f.name for f in m.reference.features] == [*(f.name for f in m.signature.features), "output:output"]
+    assert len(m.warmup) == 8
     # the verdict, both gates and the holdout digest are in the manifest and in the event
     assert m.validation is not None and m.validation.passed
     assert [c.gate for c in m.validation.checks] == ["absolute", "relative"]

@@ -17,9 +17,11 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+import numpy as np
 
 from inferloop.gateway.drift.monitor import DriftMonitor, WindowResult, smoothed_expected
 from inferloop.gateway.drift.trigger import TriggerOutcome, TriggerPayload, deliver
+from inferloop.registry.drift_columns import input_matrix, is_tabular, output_column, output_values
 from inferloop.registry.drift_power import power_check
 
 if TYPE_CHECKING:
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from inferloop.gateway.serving.events import EventRecorder
     from inferloop.gateway.serving.stage import ModelStage
     from inferloop.policy import MonitorPolicy
+    from inferloop.registry.manifest import InputSignature
 
 log = logging.getLogger("inferloop.drift")
 
@@ -51,6 +54,7 @@ class DriftWatch:
         self._psi = metrics.feature_psi
         self._critical = metrics.feature_psi_critical
         self._triggers = metrics.drift_triggers.labels(model)
+        self._columns: tuple[InputSignature, bool, bool] | None = None
         stage.listeners.append(self._on_swap)
         if stage.current is not None:
             self._on_swap(stage, None, stage.serving_version)
@@ -59,7 +63,15 @@ class DriftWatch:
     def on_batch(self, batch: CompletedBatch) -> None:
         monitor = self.monitor
         if monitor is not None and batch.version == monitor.reference_version:
-            monitor.observe(batch.inputs)
+            columns = self._columns
+            if columns is None:  # a tabular model's features, as the reference holds them
+                monitor.observe(batch.inputs)
+                return
+            signature, tabular, with_output = columns
+            x = input_matrix(signature, batch.all_inputs or (batch.inputs,), tabular)
+            if with_output:
+                x = np.column_stack([x, output_values(batch.outputs)])
+            monitor.observe(x)
 
     def _on_swap(self, stage: ModelStage, _old: int | None, new: int | None) -> None:
         slot = stage.current
@@ -69,11 +81,25 @@ class DriftWatch:
             self.power_warning = None
             return
         self.monitor = DriftMonitor(reference, self.policy, reference_version=new)
+        assert slot is not None
+        self._columns = self._column_plan(slot.manifest.signature, [f.name for f in reference.features])
         psi = self.policy.methods.psi
         check = power_check(reference, threshold=psi.threshold, window=self.policy.window, alpha=psi.false_alarm_rate)
         self.power_warning = check.message if check is not None else None
         if check is not None:
             log.warning("%s v%s: %s", self.model, new, check.message)
+
+    @staticmethod
+    def _column_plan(signature: InputSignature, names: list[str]
+                     ) -> tuple[InputSignature, bool, bool] | None:
+        """How a batch becomes the reference's columns (`registry.drift_columns`): None when they are
+        exactly a tabular model's features (the common case, no copy); else the signature, whether the
+        inputs are tabular, and whether the first output's column follows them."""
+        tabular = is_tabular(signature)
+        with_output = bool(names) and names[-1] == output_column(signature)
+        if tabular and not with_output:
+            return None
+        return signature, tabular, with_output
 
     # -- the timer ----------------------------------------------------------------------------
     def tick(self, now: float | None = None) -> WindowResult | None:
