@@ -307,3 +307,30 @@ def test_hot_swap_and_shadow_across_architectures_under_load(tmp_path: Path) -> 
     assert failures == []
     assert {str(v1), str(v2), str(v3)} <= served_by
     assert shadow.mirrored > 0  # type: ignore[attr-defined]
+
+
+def test_drift_watches_a_non_tabular_model_by_row_summaries_and_its_output(tmp_path: Path) -> None:
+    """Observed: the 1-D CNN example's drift columns are its input's row mean and norm and its first
+    output; a window of unshifted sequences stays below the trip level, a window shifted by +2 lifts
+    the summaries' PSI far above it (drift state from the admin endpoint)."""
+    uri = f"file://{tmp_path / 'r'}"
+    with Registry.open(uri) as reg:
+        version = CNN.register(reg, "seq")
+        reg.promote("seq", version, "production")
+    with ThreadedGateway(settings_for(uri, ["seq"], tmp_path, drift={"evaluate_interval_s": 0.1})) as gw:
+        gw.wait_serving("seq", version)
+
+        def window(shift: float, seed: int) -> dict:
+            before = gw.client.get("/admin/models/seq/drift", headers=AUTH).json()["windows"]
+            for i in range(10):
+                x = CNN.example_inputs(100, seed * 100 + i).numpy() + shift
+                r = gw.client.post("/v2/models/seq/infer", json={"inputs": [_tensor("sequence", "FP32", x)]})
+                assert r.status_code == 200, r.text
+            state = eventually(lambda: (s := gw.client.get("/admin/models/seq/drift", headers=AUTH).json())
+                               ["windows"] > before and s, 30, "a closed window")
+            return {f["feature"]: f for f in state["last_window"]["features"]}
+
+        calm, shifted = window(0.0, 7), window(2.0, 8)
+    assert list(calm) == ["sequence:mean", "sequence:norm", "output:output"]
+    assert all(f["psi"] < max(0.1, f.get("critical", 0.1)) for f in calm.values()), calm
+    assert shifted["sequence:mean"]["psi"] > 1.0 and shifted["sequence:norm"]["psi"] > 1.0
