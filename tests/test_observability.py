@@ -42,6 +42,7 @@ DOCUMENTED = {  # name -> labels the design promises
     "inferloop_shadow_errors_total": {"model"},
     "inferloop_shadow_prediction_psi": {"model"},
     "inferloop_feature_psi": {"model", "feature"},
+    "inferloop_feature_psi_critical": {"model", "feature"},
     "inferloop_feature_bin_total": {"model", "feature", "bin"},
     "inferloop_drift_triggers_total": {"model"},
 }
