@@ -14,6 +14,7 @@ from inferloop.gateway.metrics import GatewayMetrics
 from inferloop.gateway.serving.device import DeviceMemory
 from inferloop.gateway.settings import GatewaySettings
 from inferloop.gateway.transport.admin_auth import AdminGuard
+from inferloop.gateway.transport.admin_listener import AdminOnlyOn
 from inferloop.gateway.transport.endpoints import build_routes
 from inferloop.gateway.transport.error_responses import error_response
 from inferloop.gateway.transport.inference import InferenceRoutes
@@ -39,19 +40,26 @@ def create_app(settings: GatewaySettings, *, memory: DeviceMemory | None = None)
     app.state.plane = plane
     # the inference routes answer before Litestar's router (see inferloop.gateway.transport.inference);
     # Litestar still runs the lifespan and every other route
-    app.asgi_handler = app.state.inference = InferenceRoutes(plane, bodies, app.asgi_handler)
+    routes = app.asgi_handler
+    if settings.server.admin_port is not None:  # /admin only on its own listener
+        routes = AdminOnlyOn(settings.server.admin_port, routes)
+    app.asgi_handler = app.state.inference = InferenceRoutes(plane, bodies, routes)
     return app
 
 
 def uvicorn_config(app: Litestar, settings: GatewaySettings, **options: Any) -> uvicorn.Config:
-    """How every gateway runs under uvicorn (the CLI and the tests): uvloop, httptools, and the
-    inference routes answered in the HTTP protocol unless `http_fast_path` is off."""
+    """How every gateway runs under uvicorn (the CLI and the tests): uvloop, httptools with the
+    connection limits of `http_guard`, and the inference routes answered in the HTTP protocol unless
+    `http_fast_path` is off."""
+    from inferloop.gateway.transport.http_guard import ConnectionGuard, guarded_protocol
+
     server = settings.server
-    http: Any = "httptools"
+    guard = ConnectionGuard(server, app.state.plane.metrics)
+    http: Any = None
     if server.http_fast_path and not server.access_log:  # the fast path writes no access log lines
         from inferloop.gateway.transport.http_protocol import protocol_for
 
-        http = protocol_for(app.state.inference) or http
-    options = {"loop": "uvloop", "http": http, "lifespan": "on", "access_log": server.access_log,
-               "log_level": server.log_level, "timeout_graceful_shutdown": server.graceful_timeout_s, **options}
+        http = protocol_for(app.state.inference, guard)
+    options = {"loop": "uvloop", "http": http or guarded_protocol(guard), "lifespan": "on",
+               "access_log": server.access_log, "log_level": server.log_level, "timeout_graceful_shutdown": server.graceful_timeout_s, **options}
     return uvicorn.Config(app, **options)

@@ -45,6 +45,32 @@ def register_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--body-timeout", type=float, metavar="S",
                    help="seconds a client may take to send a request body, else 408 (env INFERLOOP_BODY_TIMEOUT, "
                         "default 30)")
+    p.add_argument("--max-header-bytes", type=int, metavar="N",
+                   help="request line + headers at most, else 431 (env INFERLOOP_MAX_HEADER_BYTES, default 64 KiB)")
+    p.add_argument("--max-headers", type=int, metavar="N",
+                   help="header fields per request at most, else 431 (env INFERLOOP_MAX_HEADERS, default 100)")
+    p.add_argument("--header-timeout", type=float, metavar="S",
+                   help="seconds a client may take to send its request headers, else 408 and closed "
+                        "(env INFERLOOP_HEADER_TIMEOUT, default 10)")
+    p.add_argument("--keepalive-timeout", type=float, metavar="S",
+                   help="idle keep-alive connections are closed after this (env INFERLOOP_KEEPALIVE_TIMEOUT, default 5)")
+    p.add_argument("--send-timeout", type=float, metavar="S",
+                   help="a client reading none of a reply for this long is disconnected (env INFERLOOP_SEND_TIMEOUT, "
+                        "default 30)")
+    p.add_argument("--max-connections", type=int, metavar="N",
+                   help="open client connections at most (env INFERLOOP_MAX_CONNECTIONS, default: the descriptor "
+                        "limit minus --fd-reserve)")
+    p.add_argument("--fd-reserve", type=int, metavar="N",
+                   help="descriptors kept for the registry poller, files and the admin listener "
+                        "(env INFERLOOP_FD_RESERVE, default 128)")
+    p.add_argument("--max-pipeline", type=int, metavar="N",
+                   help="pipelined requests queued per connection before it is no longer read "
+                        "(env INFERLOOP_MAX_PIPELINE, default 16)")
+    p.add_argument("--admin-port", type=int, metavar="PORT",
+                   help="serve /admin only on this port, its own listener (env INFERLOOP_ADMIN_PORT; default: "
+                        "the public port)")
+    p.add_argument("--admin-host", metavar="HOST",
+                   help="interface of the --admin-port listener (env INFERLOOP_ADMIN_HOST, default: --host)")
     p.add_argument("--torch-threads", type=int, metavar="N", help="torch intra-op threads (env INFERLOOP_TORCH_THREADS)")
     p.add_argument("--admin-token-file", type=Path, metavar="FILE",
                    help="file holding the admin bearer token (else env INFERLOOP_ADMIN_TOKEN; none: admin disabled)")
@@ -128,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
         check_model_name(name)
     AsyncRegistry.open(settings.registry.uri, s3_endpoint=settings.registry.s3_endpoint)  # a bad URI fails here
 
+    import msgspec
     import uvicorn
 
     from inferloop.gateway.app import create_app, uvicorn_config
@@ -141,11 +168,29 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=settings.server.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = settings.server
+    # an inherited listening socket (socket activation, tests): its family is read from the descriptor
+    sockets = [socket.socket(fileno=server.fd)] if server.fd is not None else None
+    if server.admin_port is not None:  # two listeners: both bound here, so a port taken is one clear error
+        sockets = sockets or [_listen(server.host, server.port, "--port")]
+        admin = _listen(server.admin_host or server.host, server.admin_port, "--admin-port")
+        sockets.append(admin)
+        host, port = admin.getsockname()[:2]
+        settings = msgspec.structs.replace(settings, server=msgspec.structs.replace(server, admin_port=port))
+        logging.getLogger("inferloop.gateway").info("admin API on http://%s:%d/admin (not on the public port)",
+                                                    host, port)
     config = uvicorn_config(create_app(settings), settings, host=server.host, port=server.port, log_config=None)
     # uvicorn finishes in-flight requests on SIGTERM, then re-raises the signal; this handler turns
     # that re-raise into a normal exit (status 0) instead of death by signal.
     signal.signal(signal.SIGTERM, lambda *_: None)
     uv = uvicorn.Server(config)
-    # an inherited listening socket (socket activation, tests): its family is read from the descriptor
-    uv.run(sockets=[socket.socket(fileno=server.fd)] if server.fd is not None else None)
+    uv.run(sockets=sockets)
     return 0 if uv.started else 1
+
+
+def _listen(host: str, port: int, flag: str) -> socket.socket:
+    from inferloop.registry.commandline import UsageError
+
+    try:
+        return socket.create_server((host, port), backlog=2048)
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {host}:{port} ({flag}): {exc.strerror or exc}") from None

@@ -7,6 +7,9 @@
     ├── BodyTooLarge          a body over the configured limit (refused before it is read in full)
     ├── MethodNotAllowed      a method the route does not take (the inference routes take POST)
     ├── UnsupportedMediaType  a Content-Type other than JSON (or the binary tensor extension)
+    ├── HeadersTooLarge       request headers over --max-header-bytes or --max-headers (or a request line over the first)
+    ├── UnsupportedCoding     a Transfer-Encoding other than chunked (gzip, deflate...): not decoded, so refused
+    ├── TooManyConnections    a new connection while --max-connections are open and none is idle
     ├── UnknownModel          a model this gateway is not configured to serve
     ├── ModelNotReady         a configured model with no version loaded for the stage (yet)
     ├── AdminDisabled         no admin token is configured, so admin calls are refused
@@ -46,6 +49,22 @@ class MethodNotAllowed(GatewayError):
     def __init__(self, message: str, allow: str) -> None:
         super().__init__(message)
         self.allow = allow
+
+
+class HeadersTooLarge(GatewayError):
+    pass
+
+
+class UriTooLong(HeadersTooLarge):
+    """The request line alone is over --max-header-bytes (414 rather than 431)."""
+
+
+class UnsupportedCoding(GatewayError):
+    pass
+
+
+class TooManyConnections(GatewayError):
+    pass
 
 
 class UnknownModel(GatewayError, LookupError):

@@ -167,6 +167,16 @@ class GatewayMetrics:
                                       registry=r)
         self.prediction_log_dropped = Counter("inferloop_prediction_log_dropped",
                                               "Prediction records dropped (buffer full or sink failing)", registry=r)
+        # client connections (inferloop.gateway.transport.http_guard): the count is read at scrape time
+        self.http_connections = Gauge("inferloop_http_connections", "Open client connections", ["listener"],
+                                      registry=r)
+        self.http_connections_refused = Counter("inferloop_http_connections_refused",
+                                                "New connections refused (503) at the connection limit, none idle",
+                                                ["listener"], registry=r)
+        self.http_connections_closed = Counter("inferloop_http_connections_closed",
+                                               "Connections the gateway closed: header_timeout, idle_timeout, "
+                                               "send_timeout, evicted (room for a new one), bad_request", ["reason"],
+                                               registry=r)
 
     def add_live_state(self, read: Callable[[], Iterable[tuple[str, dict[str, str], float]]]) -> None:
         self.registry.register(LiveStateCollector(read))

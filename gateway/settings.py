@@ -41,6 +41,30 @@ class ServerSettings(Settings, frozen=True):
     """Bearer token for /admin; unset disables every admin endpoint (they answer 403)."""
     admin_wait_s: Positive = 30.0
     """How long an admin promote/rollback waits for this gateway to serve the new version."""
+    admin_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
+    """Serve /admin on this port only (its own listener, so it can be firewalled); unset: on the public port."""
+    admin_host: str | None = None
+    """Interface of the admin listener (default: `host`)."""
+    max_header_bytes: PositiveInt = 64 * 1024
+    """Request line plus headers (and chunked trailers) at most; more gets 431 (414 for the line alone)."""
+    max_headers: PositiveInt = 100
+    """Header fields (and trailers) per request at most; more gets 431."""
+    header_timeout_s: Positive = 10.0
+    """How long a client may take to send a request's line and headers (from its first byte, or from
+    connecting); a slower one gets 408 and the connection is closed."""
+    keepalive_timeout_s: Positive = 5.0
+    """An idle keep-alive connection is closed after this long."""
+    send_timeout_s: Positive = 30.0
+    """A client that reads none of a reply for this long (its buffers full) is disconnected."""
+    max_connections: PositiveInt | None = None
+    """Open client connections at most (both inference paths); None: the descriptor limit minus `fd_reserve`.
+    At the limit an idle connection is closed to make room, else the new one gets 503."""
+    fd_reserve: NonNegativeInt = 128
+    """File descriptors kept for everything but client connections (registry polls, artifact
+    files, the admin listener), when `max_connections` is derived from the descriptor limit."""
+    max_pipeline: PositiveInt = 16
+    """Pipelined requests waiting behind the one being answered, per connection; beyond it the
+    connection is not read until they are answered."""
     graceful_timeout_s: Positive = 30.0
     """On SIGTERM, how long in-flight requests may take before connections are closed."""
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
@@ -152,6 +176,16 @@ SOURCES: dict[tuple[str, str], tuple[str, str]] = {
     ("server", "body_timeout_s"): ("body_timeout", "INFERLOOP_BODY_TIMEOUT"),
     ("server", "admin_token"): ("admin_token", "INFERLOOP_ADMIN_TOKEN"),
     ("server", "admin_wait_s"): ("admin_wait", "INFERLOOP_ADMIN_WAIT"),
+    ("server", "admin_port"): ("admin_port", "INFERLOOP_ADMIN_PORT"),
+    ("server", "admin_host"): ("admin_host", "INFERLOOP_ADMIN_HOST"),
+    ("server", "max_header_bytes"): ("max_header_bytes", "INFERLOOP_MAX_HEADER_BYTES"),
+    ("server", "max_headers"): ("max_headers", "INFERLOOP_MAX_HEADERS"),
+    ("server", "header_timeout_s"): ("header_timeout", "INFERLOOP_HEADER_TIMEOUT"),
+    ("server", "keepalive_timeout_s"): ("keepalive_timeout", "INFERLOOP_KEEPALIVE_TIMEOUT"),
+    ("server", "send_timeout_s"): ("send_timeout", "INFERLOOP_SEND_TIMEOUT"),
+    ("server", "max_connections"): ("max_connections", "INFERLOOP_MAX_CONNECTIONS"),
+    ("server", "fd_reserve"): ("fd_reserve", "INFERLOOP_FD_RESERVE"),
+    ("server", "max_pipeline"): ("max_pipeline", "INFERLOOP_MAX_PIPELINE"),
     ("server", "graceful_timeout_s"): ("graceful_timeout", "INFERLOOP_GRACEFUL_TIMEOUT"),
     ("server", "log_level"): ("log_level", "INFERLOOP_LOG_LEVEL"),
     ("server", "access_log"): ("access_log", "INFERLOOP_ACCESS_LOG"),

@@ -1,8 +1,10 @@
 """The one place where errors become HTTP: status codes for domain errors (gateway and registry),
 bodies in the Open Inference Protocol's error shape `{"error": "..."}`.
 
-Framework errors (unknown route, wrong method, body over the size limit) get the same shape, so a
-client never has to parse two kinds of error body. Unexpected exceptions are logged with their
+Framework errors (unknown route, wrong method, body over the size limit) and the HTTP protocol's
+own refusals (header limits, header timeout, transfer codings, connection limit:
+`inferloop.gateway.transport.http_guard`) get the same shape, so a client never has to parse two
+kinds of error body. Unexpected exceptions are logged with their
 traceback and answered 500 without internal detail. `error_parts` builds the answer; Litestar's
 exception handler (`error_response`) and the raw ASGI inference routes (`inferloop.gateway.transport.inference`) both
 send what it builds.
@@ -21,15 +23,19 @@ from inferloop.gateway.errors import (
     AdminDisabled,
     BodyTooLarge,
     ClientDisconnected,
+    HeadersTooLarge,
     InferenceFailed,
     InvalidInput,
     LoadFailed,
     MethodNotAllowed,
     ModelNotReady,
     RequestTimeout,
+    TooManyConnections,
     Unauthorized,
     UnknownModel,
+    UnsupportedCoding,
     UnsupportedMediaType,
+    UriTooLong,
 )
 from inferloop.gateway.transport.headers import request_id_of
 from inferloop.gateway.transport.protocol import encode
@@ -61,13 +67,17 @@ STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (RequestTimeout, 408),
     (Conflict, 409),
     (BodyTooLarge, 413),
+    (UriTooLong, 414),
     (UnsupportedMediaType, 415),
+    (HeadersTooLarge, 431),
     (ClientDisconnected, 499),  # nginx's "client closed request": nobody reads the answer, it is only counted
     (InferenceFailed, 500),
+    (UnsupportedCoding, 501),
     (LoadFailed, 502),
     (CorruptArtifact, 502),
     (ModelNotReady, 503),
     (Unavailable, 503),
+    (TooManyConnections, 503),
 )
 
 
@@ -99,8 +109,11 @@ def error_parts(exc: BaseException, scope: Mapping[str, Any]) -> tuple[int, dict
     headers = {"x-request-id": request_id_of(scope)}
     if status == 401:
         headers["www-authenticate"] = 'Bearer realm="inferloop-admin"'
-    elif status in (408, 413):  # the client may still be sending that body: close rather than wait for it
+    elif status in (408, 413, 414, 431, 501):  # the client may still be sending: close rather than read on
         headers["connection"] = "close"
+    elif isinstance(exc, TooManyConnections):
+        headers["connection"] = "close"
+        headers["retry-after"] = "1"
     if isinstance(exc, MethodNotAllowed):
         headers["allow"] = exc.allow
     if isinstance(exc, HTTPException) and exc.headers:

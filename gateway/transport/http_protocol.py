@@ -12,7 +12,11 @@ a `FastCycle` stands where uvicorn keeps its cycle, so uvicorn's own bookkeeping
 
 The limits of the ASGI route hold here too: a Content-Length or a body over `--max-body-bytes`
 gets 413 at once, a body slower than `--body-timeout` gets 408, a client gone mid-body is counted
-499. `--http-fast-path off` (or `INFERLOOP_HTTP_FAST_PATH=off`) serves everything through ASGI.
+499. So do the connection's (header limits, timeouts, connection cap, pipelining: the base class,
+`http_guard.GuardedHttpProtocol`). A reply is written only while the transport's buffer is under its
+high-water mark (uvicorn's cycle awaits `drain` the same way): a client that pipelines requests
+and reads no replies has its connection paused instead of its replies piling up in memory.
+`--http-fast-path off` (or `INFERLOOP_HTTP_FAST_PATH=off`) serves everything through ASGI.
 
 This subclasses uvicorn's protocol class (`uvicorn.protocols.http.httptools_impl`, not a public
 API): pyproject caps uvicorn below the first untested minor version, a uvicorn without the hook it
@@ -33,6 +37,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from inferloop.gateway.errors import BodyTooLarge, ClientDisconnected
+from inferloop.gateway.transport.http_guard import ConnectionGuard, GuardedHttpProtocol
 from inferloop.gateway.transport.inference import match
 
 log = logging.getLogger("inferloop.gateway")
@@ -111,6 +116,15 @@ class FastCycle:
             self.protocol.routes.bodies.unwatch(self)
             self.run()
 
+    @property
+    def more_body(self) -> bool:  # as uvicorn's cycle says it
+        return not self.complete
+
+    def abandon(self) -> None:
+        """The connection's error answers this request (its body was cut short): write nothing."""
+        self.disconnected = self.response_complete = True
+        self.protocol.routes.bodies.unwatch(self)
+
     def lost(self) -> None:
         """The connection dropped before the reply was written."""
         self.disconnected = True
@@ -155,8 +169,11 @@ class FastCycle:
     def write(self, reply: Reply) -> None:
         if self.response_complete:
             return
-        self.response_complete = True
         protocol = self.protocol
+        if protocol.flow.write_paused and not self.disconnected:
+            protocol.held = (self, reply)  # written when the client has read enough (resume_writing)
+            return
+        self.response_complete = True
         transport = protocol.transport
         if self.disconnected or transport.is_closing():
             return
@@ -176,11 +193,12 @@ class FastCycle:
 
 
 # uvicorn is not followed (follow_imports=skip in pyproject), so its protocol class is Any to mypy.
-class InferenceHttpProtocol(HttpToolsProtocol):  # type: ignore[misc]
-    """`HttpToolsProtocol` that answers plain inference requests itself (see the module docstring)."""
+class InferenceHttpProtocol(GuardedHttpProtocol):
+    """`GuardedHttpProtocol` that answers plain inference requests itself (see the module docstring)."""
 
     routes: InferenceRoutes  # set on the subclass `protocol_for` makes
     cycle: RequestResponseCycle | FastCycle | None  # uvicorn's current cycle, or ours for a fast request
+    held: tuple[FastCycle, Reply] | None = None  # a reply waiting for the client to read (write paused)
 
     def on_headers_complete(self) -> None:
         parser = self.parser
@@ -188,6 +206,8 @@ class InferenceHttpProtocol(HttpToolsProtocol):  # type: ignore[misc]
                 or parser.should_upgrade()):
             super().on_headers_complete()
             return
+        self.in_head = False
+        self.deadline = 0.0
         raw_path = httptools.parse_url(self.url).path
         path = raw_path.decode("ascii")
         if "%" in path:
@@ -206,6 +226,7 @@ class InferenceHttpProtocol(HttpToolsProtocol):  # type: ignore[misc]
                           parser.get_http_version() != "1.0" and parser.should_keep_alive(), declared)
         self.cycle = cycle
         if previous is None or previous.response_complete:
+            self.active = cycle
             cycle.begin()
         else:  # pipelined behind a request not answered yet: uvicorn starts it in order
             self.flow.pause_reading()
@@ -213,6 +234,7 @@ class InferenceHttpProtocol(HttpToolsProtocol):  # type: ignore[misc]
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
         if isinstance(cycle, FastCycle):
+            self.active = cycle
             cycle.begin()
         else:
             super()._start_asgi_task(cycle, app)
@@ -235,13 +257,28 @@ class InferenceHttpProtocol(HttpToolsProtocol):  # type: ignore[misc]
         cycle = self.cycle
         if isinstance(cycle, FastCycle):
             cycle.lost()
+        held, self.held = self.held, None
+        if held is not None:
+            held[0].disconnected = True
         for queued, _app in self.pipeline:
             if isinstance(queued, FastCycle):
                 queued.disconnected = True
         super().connection_lost(exc)
 
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        held, self.held = self.held, None
+        if held is not None:
+            held[0].write(held[1])
 
-def protocol_for(routes: InferenceRoutes) -> type[InferenceHttpProtocol] | None:
+    def abandon(self, cycle: Any) -> None:
+        if isinstance(cycle, FastCycle):
+            cycle.abandon()
+        else:
+            super().abandon(cycle)
+
+
+def protocol_for(routes: InferenceRoutes, guard: ConnectionGuard) -> type[InferenceHttpProtocol] | None:
     """The protocol class for one app (uvicorn instantiates it per connection), or None when this
     uvicorn lacks the hook that starts pipelined requests (`_start_asgi_task`, uvicorn >= 0.41):
     then everything goes through ASGI."""
@@ -249,4 +286,4 @@ def protocol_for(routes: InferenceRoutes) -> type[InferenceHttpProtocol] | None:
         log.warning("uvicorn %s has no _start_asgi_task: the inference fast path is off (every request "
                     "goes through ASGI)", uvicorn.__version__)
         return None
-    return type("InferenceHttpProtocol", (InferenceHttpProtocol,), {"routes": routes})
+    return type("InferenceHttpProtocol", (InferenceHttpProtocol,), {"routes": routes, "guard": guard})
