@@ -16,8 +16,10 @@ By default most inference requests do not even reach ASGI: `inferloop.gateway.tr
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, NamedTuple
 
 from litestar.enums import ScopeType
@@ -27,6 +29,7 @@ from inferloop.gateway.metrics import UNKNOWN_MODEL
 from inferloop.gateway.transport.error_responses import error_parts
 from inferloop.gateway.transport.headers import RequestHeaders, check_json_body, read_headers
 from inferloop.gateway.transport.protocol import (
+    SMALL_BODY,
     InferCall,
     decode_infer,
     decode_predict,
@@ -112,6 +115,7 @@ class InferenceRoutes:
         self.fallback = fallback
         self.max_rows = plane.settings.server.max_request_rows
         self.max_body = plane.settings.server.max_body_bytes
+        self._decoder: ThreadPoolExecutor | None = None  # large bodies are decoded here, one at a time
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == ScopeType.HTTP:  # a str enum: equal to the server's "http"
@@ -145,7 +149,11 @@ class InferenceRoutes:
             head = read_headers(raw_headers)
             check_json_body(head.content_type, route.binary_allowed)
             model = plane.served(name)
-            call = route.decode(await read_body(head), head, plane.signature(model), self.max_rows)
+            body = await read_body(head)
+            if len(body) <= SMALL_BODY:
+                call = route.decode(body, head, plane.signature(model), self.max_rows)
+            else:
+                call = await self._decode_aside(route, body, head, plane.signature(model))
             prediction = await plane.infer(model, call.inputs, head.request_id)
             payload, extra_headers, media = route.respond(name, prediction, call)
         except Exception as exc:  # noqa: BLE001 - every error is answered, never raised into the server
@@ -153,6 +161,16 @@ class InferenceRoutes:
         plane.metrics.count_request(name, ROLE, 200, time.perf_counter() - started)
         return Reply(200, [(b"x-model-version", str(prediction.version).encode()),
                            (b"x-request-id", head.request_id.encode()), *extra_headers], media, payload)
+
+    async def _decode_aside(self, route: Route, body: bytes, head: RequestHeaders, sig: ModelSignature) -> InferCall:
+        """Decode a large body on a worker thread, so the event loop keeps answering other requests
+        between msgspec's calls (each holds the GIL for its own duration; the largest, skipping an
+        8 MiB body's values to check its shape, takes milliseconds). One thread: large decodes run
+        one at a time, so their memory does not add up."""
+        if self._decoder is None:
+            self._decoder = ThreadPoolExecutor(1, thread_name_prefix="inferloop-decode")
+        return await asyncio.get_running_loop().run_in_executor(self._decoder, route.decode, body, head, sig,
+                                                                self.max_rows)
 
     def refuse(self, exc: BaseException, name: str, method: str, path: str, raw_headers: Iterable[tuple[bytes, bytes]],
                request_id: str | None, started: float) -> Reply:

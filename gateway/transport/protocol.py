@@ -35,6 +35,9 @@ NUMERIC_DTYPES = {
     "FP16": "<f2", "FP32": "<f4", "FP64": "<f8", "INT8": "i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8",
     "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8",
 }
+# Bodies larger than this skip the one-pass decode: their declared shapes are checked against the
+# row limit before any data is decoded (an 8 MiB body of 500k rows is refused without building them).
+SMALL_BODY = 64 * 1024
 
 
 class InferInput(msgspec.Struct):
@@ -124,6 +127,8 @@ _encoder = msgspec.json.Encoder()
 def _decode(decoder: msgspec.json.Decoder[_T], data: bytes | memoryview, what: str) -> _T:
     try:
         return decoder.decode(data)
+    except RecursionError:  # msgspec's answer to JSON nested deeper than the interpreter's stack
+        raise InvalidInput(f"malformed {what}: JSON nested too deeply") from None
     except msgspec.ValidationError as exc:
         raise InvalidInput(f"invalid {what}: {exc}") from None
     except msgspec.DecodeError as exc:
@@ -150,11 +155,18 @@ def check_row_count(n: int, max_rows: int) -> None:
         raise InvalidInput(f"{n} rows exceed the limit of {max_rows} rows per request; split the request")
 
 
+def _check_declared_rows(inputs: list[InferInput], max_rows: int) -> None:
+    """Refuse a request whose declared shapes exceed the row limit before decoding any data."""
+    for tensor in inputs:
+        if tensor.shape and isinstance(tensor.shape[0], int) and tensor.shape[0] > max_rows:
+            check_row_count(tensor.shape[0], max_rows)
+
+
 # -- Open Inference Protocol v2 ---------------------------------------------------------------
 def decode_infer(body: bytes, header_length: int | None, sig: ModelSignature, max_rows: int) -> InferCall:
     if not sig.tabular:
         return decode_tensors(body, header_length, sig, max_rows)
-    if header_length is None:
+    if header_length is None and len(body) <= SMALL_BODY:
         fast = _decode_single_flat(body, sig, max_rows)
         if fast is not None:
             return fast
@@ -162,6 +174,7 @@ def decode_infer(body: bytes, header_length: int | None, sig: ModelSignature, ma
     if not request.inputs:
         raise InvalidInput("'inputs' is empty: send one tensor of shape [n, "
                            f"{sig.width}] or one tensor per feature")
+    _check_declared_rows(request.inputs, max_rows)
     tensors, finite = _input_values(request.inputs, binary)
     rows = _assemble(request.inputs, tensors, sig)
     check_row_count(len(rows), max_rows)
@@ -193,6 +206,7 @@ def decode_tensors(body: bytes, header_length: int | None, sig: ModelSignature, 
     request, binary = _split_request(body, header_length)
     if not request.inputs:
         raise InvalidInput(f"'inputs' is empty: this model takes {describe_inputs(sig)}")
+    _check_declared_rows(request.inputs, max_rows)
     by_name: dict[str, np.ndarray] = {}
     offset = 0
     single = len(sig.inputs) == 1 and len(request.inputs) == 1
@@ -218,6 +232,7 @@ def decode_tensors(body: bytes, header_length: int | None, sig: ModelSignature, 
     return InferCall(arrays, request.id, *_wanted_outputs(request, sig))
 
 
+_FLOAT_WIRE = frozenset({"FP16", "FP32", "FP64"})  # JSON datatypes the one-pass decode takes as they are
 _FLOATS, _INTS = {"FP16", "FP32", "FP64", "BF16"}, {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32",
                                                      "UINT64"}
 
@@ -225,7 +240,7 @@ _FLOATS, _INTS = {"FP16", "FP32", "FP64", "BF16"}, {"INT8", "INT16", "INT32", "I
 def _json_bools(raw: bytes, name: str) -> np.ndarray:
     try:
         values = np.asarray(msgspec.json.decode(raw))
-    except (msgspec.DecodeError, ValueError):
+    except (msgspec.DecodeError, ValueError, RecursionError):
         raise InvalidInput(f"data of input {name!r} is not a (nested) list of true/false values") from None
     if values.dtype != bool:
         raise InvalidInput(f"data of input {name!r} must hold true/false values (datatype BOOL)")
@@ -255,6 +270,7 @@ def _tensor_values(tensor: InferInput, binary: bytes | memoryview, offset: int, 
             values = _json_bools(raw, tensor.name)
         else:
             values, _ = _json_values(tensor)
+            _check_sent_integers(tensor.name, sent, values)
     else:
         raise InvalidInput(f"input {tensor.name!r} has no 'data' (and no binary_data_size)")
     if values.size != count:
@@ -293,13 +309,13 @@ def _decode_single_flat(body: bytes, sig: ModelSignature, max_rows: int) -> Infe
     including every malformed request, returns None and takes the general path, which explains it."""
     try:
         request = _flat_request.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
         return None
     if len(request.inputs) != 1:
         return None
     (tensor,) = request.inputs
     shape, data = tensor.shape, tensor.data
-    if (tensor.datatype not in NUMERIC_DTYPES or len(shape) != 2 or shape[1] != sig.width
+    if (tensor.datatype not in _FLOAT_WIRE or len(shape) != 2 or shape[1] != sig.width
             or not 0 < shape[0] <= max_rows or shape[0] * shape[1] != len(data)
             or min(data) < -FLOAT32_MAX or max(data) > FLOAT32_MAX):
         return None
@@ -327,6 +343,7 @@ def _input_values(inputs: list[InferInput], binary: bytes | memoryview) -> tuple
             checked = False
         elif len(tensor.data):
             values, finite = _json_values(tensor)
+            _check_sent_integers(tensor.name, tensor.datatype, values)
             checked = checked and finite
         else:
             raise InvalidInput(f"input {tensor.name!r} has no 'data' (and no binary_data_size)")
@@ -335,6 +352,18 @@ def _input_values(inputs: list[InferInput], binary: bytes | memoryview) -> tuple
                                f"{values.size} values")
         out.append(values.reshape(tensor.shape))
     return out, checked
+
+
+def _check_sent_integers(name: str, datatype: str, values: np.ndarray) -> None:
+    """JSON numbers sent as an integer datatype must be integers in its range: INT8 300 or 1.5 is a
+    client's bug to report, not a value to cast."""
+    if datatype not in _INTS or not values.size:
+        return
+    if not (values == np.floor(values)).all():
+        raise InvalidInput(f"input {name!r} is {datatype} but holds values that are not integers")
+    info = np.iinfo(NUMERIC_DTYPES[datatype])
+    if values.min() < info.min or values.max() > info.max:
+        raise InvalidInput(f"input {name!r} holds values outside the {datatype} range [{info.min}, {info.max}]")
 
 
 def _binary_values(tensor: InferInput, binary: bytes | memoryview, offset: int, size: object, count: int,
@@ -451,9 +480,13 @@ def decode_predict(body: bytes, sig: ModelSignature, max_rows: int) -> np.ndarra
     if not sig.tabular:
         raise InvalidInput(f"/v1 predict takes the rows of one tabular input; this model takes {describe_inputs(sig)}: "
                            "use POST /v2/models/{name}/infer")
+    if len(body) > SMALL_BODY:
+        _count_instances(body, max_rows)
     try:
         instances: list[Any] = _rows.decode(body).instances
         records = False
+    except RecursionError:
+        raise InvalidInput("malformed predict request: JSON nested too deeply") from None
     except msgspec.ValidationError as exc:
         if "got `object`" not in str(exc):
             raise InvalidInput(f"invalid predict request: {exc}") from None
@@ -472,6 +505,22 @@ def decode_predict(body: bytes, sig: ModelSignature, max_rows: int) -> np.ndarra
             raise InvalidInput(f"instances have {rows.shape[1]} values; this model takes {sig.width} "
                                f"({', '.join(sig.features)})")
     return checked_rows(rows, sig.features)
+
+
+class _InstanceCount(msgspec.Struct):
+    instances: list[msgspec.Raw]
+
+
+_instance_count = msgspec.json.Decoder(_InstanceCount)
+
+
+def _count_instances(body: bytes, max_rows: int) -> None:
+    """A large predict body: count its rows (skipping their values) and refuse too many before decoding them."""
+    try:
+        count = len(_instance_count.decode(body).instances)
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        return  # malformed: the full decode explains it
+    check_row_count(count, max_rows)
 
 
 def _records_to_rows(instances: list[dict[str, float]], sig: ModelSignature) -> np.ndarray:
