@@ -1,18 +1,25 @@
 """HTTP for the retraining service (Litestar): translate requests to `TrainerService` calls.
 
     POST /v1/retrain      {model, reason, trigger, idempotency_key} -> 202 {job_id, ...}
+                          (429 + Retry-After: a drift/shadow trigger within the model's trigger interval)
     GET  /v1/jobs/{id}    state, timestamps, version, gate verdict, log tail
     GET  /v1/jobs         recent jobs (?model=NAME&limit=N)
     GET  /healthz         liveness and job counts
     GET  /metrics         Prometheus text format
 
 Errors are `{"error": "..."}` with a 4xx status; nothing reaches the client as a traceback.
+
+With `INFERLOOP_TRAINER_TOKEN` set, every /v1 call needs it as a bearer token. Off loopback the
+token is required: POST /v1/retrain starts training jobs, and a service reachable from other hosts
+without one refuses to start.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -25,7 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from inferloop.trainer.jobs import RetrainRequest
 from inferloop.trainer.runner import KeyReused, UnknownModel
-from inferloop.trainer.service import ServiceSettings, TrainerService
+from inferloop.trainer.service import ServiceSettings, TrainerService, TriggerRateLimited
 
 log = logging.getLogger("inferloop.trainer")
 
@@ -55,6 +62,8 @@ async def retrain(request: AnyRequest) -> dict[str, Any]:
         data = msgspec.json.decode(await request.body(), type=RetrainRequest)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ClientException(f"invalid request body: {exc}") from None
+    except RecursionError:  # msgspec, on JSON nested deeper than the stack
+        raise ClientException("invalid request body: JSON nested too deeply") from None
     if data.idempotency_key is None and request.headers.get("idempotency-key"):
         data = msgspec.structs.replace(data, idempotency_key=request.headers["idempotency-key"])
     try:
@@ -63,6 +72,9 @@ async def retrain(request: AnyRequest) -> dict[str, Any]:
         raise NotFoundException(str(exc)) from None
     except KeyReused as exc:
         raise HTTPException(str(exc), status_code=409) from None
+    except TriggerRateLimited as exc:
+        raise HTTPException(str(exc), status_code=429,
+                            headers={"Retry-After": str(math.ceil(exc.retry_after_s))}) from None
     message = {"created": "job queued",
                "coalesced": f"a job for {job.model} is already {job.state}: this request was folded into it",
                "duplicate": "idempotency key seen before: this is the job it started"}[outcome]
@@ -103,7 +115,7 @@ async def metrics(request: AnyRequest) -> Response[bytes]:
 
 def _error(request: AnyRequest, exc: Exception) -> Response[dict[str, str]]:
     if isinstance(exc, HTTPException):
-        return Response({"error": exc.detail}, status_code=exc.status_code)
+        return Response({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return Response({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
 
@@ -124,8 +136,26 @@ def create_app(service: TrainerService) -> Litestar:
     return app
 
 
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def serve(settings: ServiceSettings) -> None:
     import uvicorn
+
+    from inferloop.registry.commandline import UsageError
+
+    if not settings.token:
+        if not _loopback(settings.host):
+            raise UsageError(f"the trainer service would listen on {settings.host} without a token: set "
+                             "INFERLOOP_TRAINER_TOKEN (POST /v1/retrain starts training jobs; only a loopback "
+                             "host may serve it without one)")
+        log.warning("no INFERLOOP_TRAINER_TOKEN: /v1 is open to every process on this host")
 
     service = TrainerService.open(settings)
     log.info("trainer service: %d polic(ies) from %s, registry %s", len(service.policies), settings.policies,

@@ -27,6 +27,8 @@ from inferloop.trainer.schedule import Scheduler
 log = logging.getLogger("inferloop.trainer")
 
 KNOWN_TRIGGERS = frozenset({"api", "cli", "ci", "drift", "manual", "schedule", "shadow"})
+# Started by live traffic, which anyone who can send inference requests shapes: rate-limited per model.
+AUTOMATIC_TRIGGERS = frozenset({"drift", "shadow"})
 
 
 class ServiceSettings(msgspec.Struct, frozen=True):
@@ -38,7 +40,16 @@ class ServiceSettings(msgspec.Struct, frozen=True):
     state_dir: str = ".inferloop/trainer"  # job files and logs; survives restarts
     job_timeout_s: float = 3600.0
     max_parallel: int = 1  # jobs running at once over all models (still one per model)
-    token: str | None = None  # when set, /v1/* needs `Authorization: Bearer <token>`
+    token: str | None = None  # when set, /v1/* needs `Authorization: Bearer <token>`; required off loopback
+    trigger_interval_s: float = 600.0  # drift/shadow triggers start one job per model per interval at most (0: any)
+
+
+class TriggerRateLimited(Exception):
+    """An automatic trigger for a model whose last automatic job started less than the interval ago."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class TrainerMetrics:
@@ -113,8 +124,13 @@ class TrainerService:
         self.store.close()
 
     async def submit(self, request: RetrainRequest) -> tuple[Job, Outcome]:
-        job, outcome = self.runner.submit(request)
         trigger = request.trigger_kind if request.trigger_kind in KNOWN_TRIGGERS else "other"  # bounded labels
+        try:
+            self._check_trigger_rate(request)
+        except TriggerRateLimited:
+            self.metrics.requests.labels(request.model, trigger, "rate_limited").inc()
+            raise
+        job, outcome = self.runner.submit(request)
         self.metrics.requests.labels(request.model, trigger, outcome).inc()
         if outcome == "created" and self._registry is not None:
             with contextlib.suppress(RegistryError):  # the audit entry must not block the request
@@ -123,6 +139,25 @@ class TrainerService:
                     details={"job_id": job.id, "trigger": request.trigger_kind,
                              "idempotency_key": request.idempotency_key})
         return job, outcome
+
+    def _check_trigger_rate(self, request: RetrainRequest) -> None:
+        """Refuse a drift or shadow trigger that would start a job within `trigger_interval_s` of the
+        model's last automatically started one. A retry of a request already seen, or one folded into
+        an active job, starts nothing and passes."""
+        interval = self.settings.trigger_interval_s
+        if request.trigger_kind not in AUTOMATIC_TRIGGERS or interval <= 0:
+            return
+        store = self.store
+        if (request.idempotency_key and request.idempotency_key in store.by_key) or request.model in store.active:
+            return
+        last = next((j for j in store.list(request.model, len(store.jobs)) if j.trigger in AUTOMATIC_TRIGGERS), None)
+        if last is None:
+            return
+        age = (datetime.now(UTC) - datetime.fromisoformat(last.created_at)).total_seconds()
+        if age < interval:
+            raise TriggerRateLimited(f"{request.model}: an automatic ({last.trigger}) job started {age:.0f} s ago "
+                                     f"(job {last.id}); drift and shadow triggers start at most one job per "
+                                     f"{interval:g} s per model", interval - age)
 
     def job_view(self, job: Job, log_lines: int = 40) -> dict[str, Any]:
         return {**msgspec.to_builtins(job), "log_tail": self.store.log_tail(job.id, log_lines)}
