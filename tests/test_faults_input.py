@@ -263,8 +263,7 @@ def test_slow_bodies_time_out_without_blocking_other_clients(served: Served) -> 
     """Observed over raw sockets: five clients that send headers and then trickle their body one
     byte at a time get 408 and a closed connection after --body-timeout, while a normal client's
     requests meanwhile are all answered 200; five clients that trickle their *headers* block no one
-    either (uvicorn has no header timeout: those close when the client gives up — put a proxy with
-    one in front for that)."""
+    either (--header-timeout closes those: tests/test_hostile_clients.py)."""
     head = (f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             "Content-Length: 1000\r\n\r\n").encode()
     stop = threading.Event()
