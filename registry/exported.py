@@ -107,6 +107,15 @@ def _spec(name: str, tensor: torch.Tensor, dynamic: set[int]) -> TensorSpec:
     return TensorSpec(name, datatype_of(tensor.dtype), shape)
 
 
+def _placeholder_shapes(program: Any) -> list[list[int]]:
+    """The user inputs' shapes as captured: -1 where a dimension stayed symbolic (dynamic)."""
+    from torch.export.graph_signature import InputKind
+
+    user = [spec.arg.name for spec in program.graph_signature.input_specs if spec.kind == InputKind.USER_INPUT]
+    nodes = {node.name: node for node in program.graph.nodes if node.op == "placeholder"}
+    return [[d if isinstance(d, int) else -1 for d in nodes[name].meta["val"].shape] for name in user]
+
+
 def export_program(module: Any, example_inputs: Any, *, dynamic_axes: Mapping[str, Sequence[int]] | None = None
                    ) -> tuple[bytes, list[TensorSpec], list[TensorSpec], str]:
     """Capture `module`; returns (pt2 bytes, input specs, output specs, input layout)."""
@@ -122,8 +131,10 @@ def export_program(module: Any, example_inputs: Any, *, dynamic_axes: Mapping[st
     if unknown:
         raise ValueError(f"dynamic_axes names unknown input(s) {unknown}; inputs are {list(named)}")
     batch = torch.export.Dim("batch", min=1)
-    per_input = {name: {0: batch, **{axis: torch.export.Dim(f"{name}_{axis}", min=1)
-                                     for axis in sorted(dynamic.get(name, ())) if axis != 0}}
+    # further dynamic axes: AUTO lets torch relate them (a mask as long as its sequence); which ones
+    # stayed dynamic is read back from the program below
+    per_input = {name: {0: batch, **{axis: torch.export.Dim.AUTO for axis in sorted(dynamic.get(name, ()))
+                                     if axis != 0}}
                  for name in named}
     captured = _batch_of_two(named)
     if layout == "dict":
@@ -151,7 +162,9 @@ def export_program(module: Any, example_inputs: Any, *, dynamic_axes: Mapping[st
         node.meta.pop("stack_trace", None)  # absolute paths of this install
     buffer = io.BytesIO()
     torch.export.save(program, buffer)
-    inputs = [_spec(name, tensor, dynamic.get(name, set())) for name, tensor in named.items()]
+    shapes = _placeholder_shapes(program)
+    inputs = [TensorSpec(name, datatype_of(tensor.dtype), shape)
+              for (name, tensor), shape in zip(named.items(), shapes, strict=True)]
     return buffer.getvalue(), inputs, [_spec(name, t, set()) for name, t in outputs.items()], layout
 
 

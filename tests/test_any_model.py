@@ -334,3 +334,62 @@ def test_drift_watches_a_non_tabular_model_by_row_summaries_and_its_output(tmp_p
     assert list(calm) == ["sequence:mean", "sequence:norm", "output:output"]
     assert all(f["psi"] < max(0.1, f.get("critical", 0.1)) for f in calm.values()), calm
     assert shifted["sequence:mean"]["psi"] > 1.0 and shifted["sequence:norm"]["psi"] > 1.0
+
+
+class MaskedSequence(torch.nn.Module):
+    """Takes a variable-length FP16 sequence and a BOOL mask of the same length: a masked mean."""
+
+    def forward(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        weights = mask.to(torch.float32)
+        return (values.to(torch.float32) * weights).sum(dim=1, keepdim=True) / weights.sum(dim=1, keepdim=True)
+
+
+def test_bool_and_fp16_inputs_with_a_dynamic_axis_batch_by_shape(tmp_path: Path) -> None:
+    """Observed: a model with an FP16 input and a BOOL mask whose axis 1 is dynamic takes requests of
+    lengths 3 and 5 at the same time (held behind a busy device so they share one queue): each gets
+    its own masked mean (requests of different lengths ran as separate batches), over JSON and binary."""
+    from .test_gateway_batching import device_busy
+
+    uri = f"file://{tmp_path / 'r'}"
+    example = (torch.randn(4, 3).half(), torch.ones(4, 3, dtype=torch.bool))
+    with Registry.open(uri) as reg:
+        with reg.track("masked") as run:
+            version = run.register(MaskedSequence(), example_inputs=example, output_kind="none",
+                                   dynamic_axes={"values": [1], "mask": [1]})
+        reg.promote("masked", version, "production")
+    with ThreadedGateway(settings_for(uri, ["masked"], tmp_path)) as gw:
+        gw.wait_serving("masked", version)
+        meta = gw.client.get("/v2/models/masked").json()
+        assert meta["inputs"] == [{"name": "values", "datatype": "FP16", "shape": [-1, -1]},
+                                  {"name": "mask", "datatype": "BOOL", "shape": [-1, -1]}]
+        cases = []
+        for length, binary in ((3, False), (5, True), (3, True), (5, False)):
+            values = np.arange(2 * length, dtype=np.float16).reshape(2, length)
+            mask = np.zeros((2, length), dtype=bool)
+            mask[:, :2] = True
+            cases.append((values, mask, binary))
+        results: list = [None] * len(cases)
+
+        def send(i: int) -> None:
+            values, mask, binary = cases[i]
+            v = triton.InferInput("values", list(values.shape), "FP16")
+            v.set_data_from_numpy(values, binary_data=binary)
+            m = triton.InferInput("mask", list(mask.shape), "BOOL")
+            m.set_data_from_numpy(mask, binary_data=binary)
+            client = triton.InferenceServerClient(gw.url.removeprefix("http://"))  # one connection each
+            results[i] = client.infer("masked", [v, m]).as_numpy("output")
+
+        batcher = gw.plane.models["masked"].batcher
+        sizes: list[int] = []
+        gw.plane.observe("masked", type("Sizes", (), {"on_batch": lambda _self, b: sizes.append(len(b.inputs))})())
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(len(cases))]
+        with device_busy(batcher):
+            for t in threads:
+                t.start()
+            eventually(lambda: batcher.queued_requests + batcher.in_flight == len(cases), 30, "all queued")
+        for t in threads:
+            t.join(30)
+    for (values, _mask, _), got in zip(cases, results, strict=True):
+        np.testing.assert_allclose(got[:, 0], values[:, :2].astype(np.float32).mean(axis=1), rtol=1e-3)
+    # the one that waited for the device, then one batch per length (never a failed mixed batch re-run alone)
+    assert sorted(sizes) == [2, 2, 4]
