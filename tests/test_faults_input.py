@@ -13,9 +13,9 @@ import json
 import os
 import select
 import socket
-import threading
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from collections import Counter
