@@ -62,6 +62,9 @@ def register_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="seconds before a job is killed (env INFERLOOP_JOB_TIMEOUT, default 3600)")
     s.add_argument("--max-parallel", type=int, default=None,
                    help="jobs running at once, over all models (env INFERLOOP_TRAINER_PARALLEL, default 1)")
+    s.add_argument("--trigger-interval", type=float, default=None,
+                   help="seconds between jobs that drift/shadow triggers may start per model (env "
+                        "INFERLOOP_TRIGGER_INTERVAL, default 600; 0: no limit)")
 
     d = sub.add_parser("data", help="synthetic day-partitioned datasets")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="VERB")
@@ -149,6 +152,8 @@ def _serve(args: argparse.Namespace) -> int:
         state_dir=setting(args.state_dir, "INFERLOOP_TRAINER_STATE", ".inferloop/trainer"),
         job_timeout_s=_number(setting(args.job_timeout, "INFERLOOP_JOB_TIMEOUT", 3600.0), float, "job timeout", 1),
         max_parallel=_number(setting(args.max_parallel, "INFERLOOP_TRAINER_PARALLEL", 1), int, "max parallel", 1),
+        trigger_interval_s=_number(setting(args.trigger_interval, "INFERLOOP_TRIGGER_INTERVAL", 600.0), float,
+                                   "trigger interval", 0),
         token=os.environ.get("INFERLOOP_TRAINER_TOKEN") or None,
     )
     serve(settings)
