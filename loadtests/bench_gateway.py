@@ -7,7 +7,7 @@ Servers, all started here on 127.0.0.1 with the same tiny MLP (8 → 64 → 64 �
     (d) gateway-single   `inferloop serve --batching off`
     (e) gateway-no-freeze  (c) without `gc.freeze()` after start-up, to see what the freeze buys
     (f) gateway-baseline (c) run from another commit (`--baseline-ref REV`), so a change's cost is a
-                         ratio measured in the same run
+                         ratio measured in the same run; (g), (h), ... for a second, third ref given
 
 Load: `wrk` (N connections, a Lua script for the POST body), pinned with `taskset` to
 `--client-core` (default core 0; one wrk thread per core in that set) and every server to
@@ -22,7 +22,7 @@ stay up; within a level the runs are interleaved as above) and reports req/s, p5
 per level, the gateway's ratios to (a) and to (b), and issue 14's goals as met or missed.
 
 `--gateway-ref REV` runs (c) (d) (e) from a commit instead of the working tree; `--baseline-ref REV`
-adds (f). Each is a `git worktree` of REV in the scratch directory (see loadtests/gateway_source.py
+adds (f) (repeat it to add (g), (h), ...: e.g. the commits on either side of each suspect change). Each is a `git worktree` of REV in the scratch directory (see loadtests/gateway_source.py
 for how either layout of the packages is imported), with a registry written by its own code.
 
 `--device cuda` runs every forward on the GPU: the gateways get `--device cuda`, (b) moves its model
@@ -76,6 +76,23 @@ LABELS = {
     "gateway-baseline": "(f) gateway from --baseline-ref, batching on",
 }
 GATEWAYS = ("gateway-batched", "gateway-single", "gateway-no-freeze")
+MAX_BASELINES = 5
+
+
+def baseline_name(index: int) -> str:
+    """Server name of the index-th (0-based) --baseline-ref: gateway-baseline, gateway-baseline-2, ..."""
+    return "gateway-baseline" if index == 0 else f"gateway-baseline-{index + 1}"
+
+
+def label(name: str) -> str:
+    if name in LABELS:
+        return LABELS[name]
+    index = int(name.rsplit("-", 1)[1])
+    return f"({'fghij'[index - 1]}) gateway from --baseline-ref #{index}, batching on"
+
+
+def baseline_names(results: dict[str, list[Sample]]) -> list[str]:
+    return [n for n in results if n.startswith("gateway-baseline")]
 SWEEP_DEFAULT = "1,8,32,64,256"
 
 
@@ -148,9 +165,11 @@ def make_registry(root: Path) -> str:
 
 
 def server_commands(uri: str, root: Path, extra_gateway: list[str], device: str = "cpu", *,
-                    gateway_uri: str | None = None, baseline_uri: str | None = None) -> dict[str, list[str]]:
+                    gateway_uri: str | None = None, baseline_uri: str | None = None,
+                    baseline_uris: list[str] | None = None) -> dict[str, list[str]]:
     """Each server's command line; the gateways read `gateway_uri` when their code comes from another
-    tree (each tree's registry is written by its own code), (f) is included with `baseline_uri`."""
+    tree (each tree's registry is written by its own code), (f) is included with `baseline_uri`, (f) (g)
+    ... with `baseline_uris`."""
     def gateway(registry: str, cache: str) -> list[str]:
         return [sys.executable, "-m", "inferloop.cli", "serve", "--registry", registry, "--model", MODEL,
                 "--torch-threads", "1", "--cache-dir", str(root / cache), "--log-level", "warning",
@@ -164,8 +183,9 @@ def server_commands(uri: str, root: Path, extra_gateway: list[str], device: str 
         "gateway-single": [*ours, "--batching", "off"],
         "gateway-no-freeze": [*ours, "--batching", "on", "--no-gc-freeze"],
     }
-    if baseline_uri is not None:
-        commands["gateway-baseline"] = [*gateway(baseline_uri, "cache-baseline"), "--batching", "on"]
+    uris = [baseline_uri] if baseline_uri is not None else []
+    for i, base in enumerate(uris + list(baseline_uris or [])):
+        commands[baseline_name(i)] = [*gateway(base, f"cache-baseline-{i + 1}"), "--batching", "on"]
     return commands
 
 
@@ -238,7 +258,7 @@ def _table(results: dict[str, list[Sample]]) -> list[str]:
         p99 = _median(samples, "p99_ms")
         runs = ", ".join(f"{s.rps:.0f}" for s in samples)
         cpu = _median(samples, "cpu_us")
-        lines.append(f"| {LABELS[name]} | {rps:.0f} | {rps / base:.2f} | {per_run_ratio(results, name):.2f} | "
+        lines.append(f"| {label(name)} | {rps:.0f} | {rps / base:.2f} | {per_run_ratio(results, name):.2f} | "
                      f"{cpu:.1f} | {base_cpu / cpu if cpu else 0.0:.2f} | {p50:.2f} | {p99:.2f} | "
                      f"{p99 / forward_p99:.2f} | {sum(s.errors for s in samples)} | {runs} |")
     return lines
@@ -248,17 +268,24 @@ def _sources_line(sources: dict[str, str] | None) -> list[str]:
     if not sources:
         return []
     parts = [f"gateways (c)-(e) from the {sources['gateway']}"]
-    if "baseline" in sources:
-        parts.append(f"(f) from the {sources['baseline']}")
+    for i, name in enumerate(n for n in sources if n.startswith("gateway-baseline")):
+        parts.append(f"({'fghij'[i]}) from the {sources[name]}")
     return ["", "Code: " + "; ".join(parts) + "; (a) and (b) from the working tree."]
 
 
+def _letter(name: str) -> str:
+    return label(name)[:3]
+
+
 def _baseline_line(results: dict[str, list[Sample]]) -> list[str]:
-    if "gateway-baseline" not in results or "gateway-batched" not in results:
+    if "gateway-batched" not in results:
         return []
-    rps, p50, p99 = (per_run(results, "gateway-batched", "gateway-baseline", a) for a in ("rps", "p50_ms", "p99_ms"))
-    return ["", f"(c) against (f), per run: req/s {rps:.2f} ×, p50 {p50:.2f} ×, p99 {p99:.2f} × "
-                f"(req/s above 1 and latency below 1: (c) is faster)."]
+    lines = []
+    for base in baseline_names(results):
+        rps, p50, p99 = (per_run(results, "gateway-batched", base, a) for a in ("rps", "p50_ms", "p99_ms"))
+        lines += ["", f"(c) against {_letter(base)}, per run: req/s {rps:.2f} ×, p50 {p50:.2f} ×, p99 {p99:.2f} × "
+                      f"(req/s above 1 and latency below 1: (c) is faster)."]
+    return lines
 
 
 def render(results: dict[str, list[Sample]], command: str, args: argparse.Namespace, load: tuple[str, str],
@@ -318,7 +345,7 @@ def goals(sweep: dict[int, dict[str, list[Sample]]]) -> list[str]:
                          f"≥ 2 × the best peer: see bench_peers.")
         elif level in (64, 256):
             text = f"- {level} connections: {rps:.2f} × (a) per run, p99 {_median(results['gateway-batched'], 'p99_ms'):.2f} ms"
-            if "gateway-baseline" in results:
+            if "gateway-baseline" in results:  # "before" is the first --baseline-ref
                 vs = per_run(results, "gateway-batched", "gateway-baseline")
                 p99 = per_run(results, "gateway-batched", "gateway-baseline", "p99_ms")
                 text += (f"; no worse than before (±10 %): req/s {vs:.2f} × (f) per run ({_verdict(vs >= 0.9)}), "
@@ -353,17 +380,17 @@ def render_sweep(sweep: dict[int, dict[str, list[Sample]]], command: str, args: 
     ]
     for level, results in sweep.items():
         for name, samples in results.items():
-            lines.append(f"| {level} | {LABELS[name]} | {_median(samples, 'rps'):.0f} | "
+            lines.append(f"| {level} | {label(name)} | {_median(samples, 'rps'):.0f} | "
                          f"{per_run(results, name, 'bare-constant'):.2f} | {_median(samples, 'p50_ms'):.3f} | "
                          f"{per_run(results, name, 'bare-forward', 'p50_ms'):.2f} | {_median(samples, 'p99_ms'):.2f} | "
                          f"{sum(s.errors for s in samples)} |")
-    if any("gateway-baseline" in r for r in sweep.values()):
-        lines += ["", "(c) against (f), per run (req/s above 1 and latency below 1: (c) is faster):", "",
-                  "| connections | req/s (c) ÷ (f) | p50 (c) ÷ (f) | p99 (c) ÷ (f) |", "|---:|---:|---:|---:|"]
+    if any(baseline_names(r) and "gateway-batched" in r for r in sweep.values()):
+        lines += ["", "(c) against each baseline, per run (req/s above 1 and latency below 1: (c) is faster):", "",
+                  "| connections | against | req/s (c) ÷ it | p50 (c) ÷ it | p99 (c) ÷ it |", "|---:|---|---:|---:|---:|"]
         for level, results in sweep.items():
-            if "gateway-baseline" in results and "gateway-batched" in results:
-                ratios = (per_run(results, "gateway-batched", "gateway-baseline", a) for a in ("rps", "p50_ms", "p99_ms"))
-                lines.append(f"| {level} | " + " | ".join(f"{r:.2f}" for r in ratios) + " |")
+            for base in baseline_names(results) if "gateway-batched" in results else []:
+                ratios = (per_run(results, "gateway-batched", base, a) for a in ("rps", "p50_ms", "p99_ms"))
+                lines.append(f"| {level} | {_letter(base)} | " + " | ".join(f"{r:.2f}" for r in ratios) + " |")
     found = goals(sweep)
     if found:
         lines += ["", "Goals (issue 14) for the gateway (c), as measured in this run:", "", *found]
@@ -389,8 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gateway-arg", action="append", default=[],
                    help="extra flag for `inferloop serve` (repeat; (f) gets it too)")
     p.add_argument("--gateway-ref", metavar="REV", help="run (c) (d) (e) from this commit, not the working tree")
-    p.add_argument("--baseline-ref", metavar="REV",
-                   help="also run (f): the gateway (batching on) from this commit, in the same run")
+    p.add_argument("--baseline-ref", metavar="REV", action="append", default=[],
+                   help="also run (f): the gateway (batching on) from this commit, in the same run "
+                        f"(repeat for (g), (h), ...; at most {MAX_BASELINES})")
     p.add_argument("--output", type=Path, help="results file (default loadtests/RESULTS-gateway.md, "
                                                "RESULTS-gateway-sweep.md for several connection counts)")
     args = p.parse_args(argv)
@@ -398,7 +426,9 @@ def main(argv: list[str] | None = None) -> int:
         print("wrk is not installed (apt-get install -y wrk)", file=sys.stderr)
         return 2
     try:
-        for ref in (args.gateway_ref, args.baseline_ref):
+        if len(args.baseline_ref) > MAX_BASELINES:
+            raise ValueError(f"at most {MAX_BASELINES} --baseline-ref")
+        for ref in (args.gateway_ref, *args.baseline_ref):
             if ref is not None:
                 gateway_source.resolve(ref)
     except ValueError as exc:
@@ -411,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m loadtests.bench_gateway " + shlex.join(argv if argv is not None else sys.argv[1:])
     baselines = ["bare-constant", "bare-forward"]
     names = [n for n in GATEWAYS if not args.only or n in args.only]
-    names = [*baselines, *names, *(["gateway-baseline"] if args.baseline_ref else [])]
+    names = [*baselines, *names, *(baseline_name(i) for i in range(len(args.baseline_ref)))]
     with tempfile.TemporaryDirectory(prefix="inferloop-bench-") as tmp, contextlib.ExitStack() as trees:
         root = Path(tmp)
         script = root / "infer.lua"
@@ -421,27 +451,28 @@ def main(argv: list[str] | None = None) -> int:
         if args.gateway_ref:
             (root / "gateway-src").mkdir()
             ours = trees.enter_context(gateway_source.checkout(args.gateway_ref, root / "gateway-src"))
-        base = None
-        if args.baseline_ref:
-            (root / "baseline-src").mkdir()
-            base = trees.enter_context(gateway_source.checkout(args.baseline_ref, root / "baseline-src"))
-        for source in (ours, base):
-            if source is not None and source is not here:
+        bases = []
+        for i, ref in enumerate(args.baseline_ref):
+            (root / f"baseline-src-{i + 1}").mkdir()
+            bases.append(trees.enter_context(gateway_source.checkout(ref, root / f"baseline-src-{i + 1}")))
+        for source in (ours, *bases):
+            if source is not here:
                 gateway_source.verify(source)  # a checkout's parts import from the checkout
         uri = gateway_source.make_registry(here, root / "registry")
         commands = server_commands(
             uri, root, args.gateway_arg, args.device,
             gateway_uri=None if ours is here else gateway_source.make_registry(ours, root / "registry-gateway"),
-            baseline_uri=None if base is None else gateway_source.make_registry(base, root / "registry-baseline"))
-        placed = {n: here for n in baselines} | {n: ours for n in GATEWAYS} | {"gateway-baseline": base}
-        sources = {"gateway": ours.label, **({"baseline": base.label} if base else {})}
+            baseline_uris=[gateway_source.make_registry(base, root / f"registry-baseline-{i + 1}")
+                           for i, base in enumerate(bases)])
+        placed = ({n: here for n in baselines} | {n: ours for n in GATEWAYS}
+                  | {baseline_name(i): base for i, base in enumerate(bases)})
+        sources = {"gateway": ours.label} | {baseline_name(i): base.label for i, base in enumerate(bases)}
         procs: dict[str, subprocess.Popen[bytes]] = {}
         sweep: dict[int, dict[str, list[Sample]]] = {}
         try:
             urls = {}
             for name in names:
                 src = placed[name]
-                assert src is not None
                 procs[name], urls[name] = start(name, commands[name], args.server_core, src.env(), src.cwd)
             load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
             for level in levels:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from loadtests import gateway_source
-from loadtests.bench_gateway import Sample, connection_levels, render, render_sweep, server_commands
+from loadtests.bench_gateway import Sample, connection_levels, label, render, render_sweep, server_commands
 from loadtests.peers.configs import CONFIGS
 from loadtests.peers.report import Result, sweep_goals, sweep_table
 from loadtests.peers.wrk import Sample as PeerSample
@@ -57,6 +57,9 @@ def test_baseline_server_reads_its_own_registry(tmp_path: Path) -> None:
     assert commands["bare-forward"][commands["bare-forward"].index("--registry") + 1] == "file:///here"
     assert "--max-batch-delay-ms" in commands["gateway-baseline"]
     assert "gateway-baseline" not in server_commands("file:///here", tmp_path, [])
+    several = server_commands("file:///here", tmp_path, [], baseline_uris=["file:///b1", "file:///b2"])
+    assert several["gateway-baseline-2"][several["gateway-baseline-2"].index("--registry") + 1] == "file:///b2"
+    assert label("gateway-baseline-2").startswith("(g) ")
 
 
 def _samples(rps: float, p50: float, p99: float) -> list[Sample]:
@@ -78,22 +81,27 @@ def test_sweep_report_judges_each_level() -> None:
     # 1 connection: p50 0.48 = 1.2 × (b)'s 0.40 (met), req/s 0.6 × (a) (missed); 8: 1.1 × (a) (met)
     sweep = {1: _level(600, 0.48), 8: _level(1100, 0.5), 64: _level(2500, 1.0)}
     text = render_sweep(sweep, "python -m loadtests.bench_gateway --connections 1,8,64",
-                        _args(connections=[1, 8, 64]), ("1", "1"), None, {"gateway": "working tree", "baseline": "commit abc"})
+                        _args(connections=[1, 8, 64]), ("1", "1"), None,
+                        {"gateway": "working tree", "gateway-baseline": "commit abc"})
     assert "| 1 | (c) gateway, batching on | 600 | 0.60 | 0.480 | 1.20 |" in text
     assert "1.20 × per run (met); req/s ≥ 0.7 × (a): 0.60 × per run (**missed**)" in text
     assert "- 8 connections: req/s ≥ 1.0 × (a): 1.10 × per run (met)" in text
     assert "req/s 2.00 × (f) per run (met)" in text  # 64: against the baseline commit
-    assert "| 64 | 2.00 | 0.50 | 0.50 |" in text  # (c) ÷ (f)
+    assert "| 64 | (f) | 2.00 | 0.50 | 0.50 |" in text  # (c) ÷ (f)
     assert "(f) from the commit abc" in text
     for level in ("## 1 connection", "## 8 connections", "## 64 connections"):
         assert level in text
 
 
 def test_single_level_report_keeps_its_form_and_adds_the_baseline_ratio() -> None:
-    text = render(_level(2500, 1.0), "python -m loadtests.bench_gateway", _args(), ("0", "0"))
+    results = _level(2500, 1.0) | {"gateway-baseline-2": _samples(5000, 0.5, 0.75)}
+    text = render(results, "python -m loadtests.bench_gateway", _args(), ("0", "0"), None,
+                  {"gateway": "commit c", "gateway-baseline": "commit f", "gateway-baseline-2": "commit g"})
     assert text.startswith("# Gateway benchmark: single-row OIP v2 infer\n")
     assert "64 connections, 2 runs × 3 s per server" in text
     assert "(c) against (f), per run: req/s 2.00 ×, p50 0.50 ×, p99 0.50 ×" in text
+    assert "(c) against (g), per run: req/s 0.50 ×, p50 2.00 ×, p99 2.00 ×" in text
+    assert "(f) from the commit f; (g) from the commit g" in text
 
 
 def _result(peer: str, variant: str, level: int, rps: float, p50: float, p99: float, ref_rps: float = 1000,
@@ -112,11 +120,15 @@ def test_peer_sweep_goals_use_ratios_to_the_ceilings_alongside() -> None:
         _result("bare", "-", 64, 1000, 0.4, 2.0), _result("echo", "-", 64, 2000, 0.3, 1.0),
         _result("gateway", "batching on", 64, 5000, 1.0, 6.0), _result("torchserve", best, 64, 2000, 2.0, 5.0),
     ]
+    refusing = _result("fastapi", "best: no access log", 64, 9000, 0.1, 0.2)
+    refusing.samples[0].errors = 500  # over 1 % of its 9000 requests: fast refusals, not a peer to beat
+    results.append(refusing)
     goals = sweep_goals(results)
     # 8: gateway 2.4 × bare, echo 2.0 × bare -> 1.2 × echo (met); TorchServe 1.0 × bare -> 2.4 × (met)
     assert "- 8 connections: req/s 1.20 × the echo ceiling (goal ≥ 1: met); 2.40 × the best peer" in goals
     # 64: p99 6.0 ms against TorchServe's 5.0 ms: missed
     assert "p99 6.00 ms against the lowest peer p99 5.00 ms" in goals and "(goal below every peer's: **missed**)" in goals
+    assert "not counted as peers here (over 1 % of requests failed): FastAPI + uvicorn [best: no access log] (500 of 9,000)" in goals
     table = sweep_table(results)
     assert "| 8 | inferloop gateway | batching on | 2,400 | 2.40 | 1.20 | 0.50 | 1.25 | 1.20 | 0 |" in table
 

@@ -116,8 +116,14 @@ def _find(results: list[Result], peer: str, variant: str | None = None) -> Resul
                  and r.ok), None)
 
 
+def failing(r: Result) -> bool:
+    """More than 1 % of its requests failed: its req/s counts fast refusals (TorchServe's 503 when its
+    queue is full), so it is no peer to beat at that level."""
+    return r.errors > 0.01 * max(1, sum(s.requests for s in r.samples))
+
+
 def _peers(results: list[Result]) -> list[Result]:
-    return [r for r in results if not r.config.own_env and r.ok]
+    return [r for r in results if not r.config.own_env and r.ok and not failing(r)]
 
 
 def sweep_table(results: list[Result]) -> str:
@@ -178,5 +184,10 @@ def sweep_goals(results: list[Result]) -> str:
                                                   if level in (64, 256) else ""))
         if level in (64, 256):
             parts.append(f"{vs_bare(gw):.2f} × the bare ceiling alongside (compare with earlier runs' figure)")
+        dropped = [r for r in at if not r.config.own_env and r.ok and failing(r)]
+        if dropped:
+            parts.append("not counted as peers here (over 1 % of requests failed): "
+                         + ", ".join(f"{r.config.key} ({r.errors:,} of {sum(s.requests for s in r.samples):,})"
+                                     for r in dropped))
         lines.append(f"- {level} connection{'s' if level > 1 else ''}: " + "; ".join(parts) + ".")
     return "\n".join(lines)
