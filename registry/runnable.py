@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from inferloop.registry.errors import UnsupportedArtifact
+from inferloop.registry.exported import flatten_outputs
 
 if TYPE_CHECKING:
     from inferloop.registry.manifest import ArtifactInfo, InputSignature
@@ -43,8 +44,6 @@ class TorchRunnable:
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         import torch
-
-        from inferloop.registry.exported import flatten_outputs
 
         tensors = [torch.from_numpy(a) for a in inputs]
         if self.device != "cpu":

@@ -202,7 +202,8 @@ class MicroBatcher:
                 self._fail(batch, ModelNotReady(f"model {self.stage.name!r} has no {self.stage.stage} version loaded"))
                 return
         sig = slot.signature
-        if not all(sig.fits(item.inputs) for item in batch):
+        fits = sig.fits
+        if not all([fits(item.inputs) for item in batch]):
             # the model was swapped for one with another signature since these requests were checked
             self._fail([i for i in batch if not sig.fits(i.inputs)],
                        InvalidInput(f"model {self.stage.name!r} v{slot.version} takes "
@@ -254,10 +255,12 @@ class MicroBatcher:
         else:
             offset = 0
             bounds = [0]
+            single = len(outputs) == 1
             for item in batch:
                 end = offset + len(item.inputs[0])
                 if not item.future.done():
-                    item.future.set_result(Prediction(version, tuple(out[offset:end] for out in outputs), names))
+                    rows = (outputs[0][offset:end],) if single else tuple(out[offset:end] for out in outputs)
+                    item.future.set_result(Prediction(version, rows, names))
                 offset = end
                 bounds.append(end)
             splits = bounds

@@ -77,6 +77,11 @@ class ModelSignature:
     def fits(self, arrays: tuple[np.ndarray, ...]) -> bool:
         """Whether decoded request arrays fit this version (checked again at batch time: a swap may
         have brought a version with another signature since the request was decoded)."""
+        if self.tabular:  # the hot path: one float32 (n, features) array
+            if len(arrays) != 1:
+                return False
+            rows = arrays[0]
+            return rows.dtype == self.dtypes[0] and rows.ndim == 2 and rows.shape[1] == len(self.features)
         if len(arrays) != len(self.inputs):
             return False
         for array, spec, dtype in zip(arrays, self.inputs, self.dtypes, strict=True):

@@ -31,6 +31,7 @@ from inferloop.gateway.serving.slot import ModelSignature
 OUTPUT_NAME = "output"
 INPUT_NAME = "input"
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+_FLOAT32 = np.dtype(np.float32)
 NUMERIC_DTYPES = {
     "FP16": "<f2", "FP32": "<f4", "FP64": "<f8", "INT8": "i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8",
     "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8",
@@ -444,6 +445,10 @@ def encode_infer(model: str, version: int, request_id: str | None, outputs: tupl
                  names: tuple[str, ...], binary: bool, selected: tuple[int, ...] | None = None
                  ) -> tuple[bytes, int | None]:
     """The response body, and the JSON header's length when outputs travel as binary."""
+    if len(outputs) == 1 and selected is None and not binary and outputs[0].dtype == _FLOAT32:
+        out = outputs[0]  # the common case (one FP32 output as JSON): no per-output bookkeeping
+        tensor = OutputTensor(names[0], "FP32", list(out.shape), out.ravel().tolist())
+        return _encoder.encode(InferResponse(model, str(version), [tensor], request_id)), None
     tensors, raws = [], []
     for i in selected if selected is not None else range(len(outputs)):
         out = outputs[i]
