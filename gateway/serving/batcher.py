@@ -259,8 +259,8 @@ class MicroBatcher:
             for item in batch:
                 end = offset + len(item.inputs[0])
                 if not item.future.done():
-                    rows = (outputs[0][offset:end],) if single else tuple(out[offset:end] for out in outputs)
-                    item.future.set_result(Prediction(version, rows, names))
+                    part = (outputs[0][offset:end],) if single else tuple(out[offset:end] for out in outputs)
+                    item.future.set_result(Prediction(version, part, names))
                 offset = end
                 bounds.append(end)
             splits = bounds
