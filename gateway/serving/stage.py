@@ -212,8 +212,10 @@ class ModelStage:
 
     async def _release(self, slot: ModelSlot) -> None:
         slot.release()
-        if self.device.startswith("cuda"):
-            await self.loader.executor.run(self._return_memory)
+        # on every device: an exported program's graph module sits in reference cycles, so without a
+        # collection its weights stay until a full collection happens to run (RSS grew by a model per
+        # swap on CPU: loadtests/bench_large_swap)
+        await self.loader.executor.run(self._return_memory)
 
     def _return_memory(self) -> None:
         gc.collect()  # modules caught in reference cycles would otherwise keep their tensors
