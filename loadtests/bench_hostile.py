@@ -40,7 +40,7 @@ from pathlib import Path
 
 import httpx
 
-from loadtests.raw_http import MODEL, Reader, connect, infer, infer_json, status_of
+from loadtests.raw_http import MODEL, Reader, connect, infer, infer_json, send_until_answered, status_of
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ["pipeline", "headers", "half-open", "flood"]
@@ -175,20 +175,7 @@ def header_floods(server: Server) -> dict[str, object]:
         sock = connect(server.port, timeout=120)
         try:
             sock.sendall(head)
-            sent = 0
-            sock.settimeout(0.0)
-            while sent < 10**7:
-                try:
-                    if sock.recv(1, socket.MSG_PEEK):
-                        break
-                except BlockingIOError:
-                    pass
-                try:
-                    sent += sock.send(filler)
-                except BlockingIOError:
-                    time.sleep(0.001)
-                except OSError:
-                    break
+            sent = send_until_answered(sock, filler, 10**7)
             sock.settimeout(120)
             if sent >= 10**7:
                 sock.sendall(b"\r\n")  # the whole 10 MB went in: end the headers

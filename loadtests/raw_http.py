@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,3 +115,23 @@ def status_of(pid: int, key: str) -> int:
         if line.startswith(f"{key}:"):
             return int(line.split()[1]) * 1024
     raise KeyError(key)
+
+
+def send_until_answered(sock: socket.socket, filler: bytes, size: int) -> int:
+    """Send `filler` repeatedly, up to `size` bytes, stopping as soon as the server answers (or
+    closes); returns the bytes sent. The socket is left non-blocking: the caller sets its timeout."""
+    sent = 0
+    sock.settimeout(0.0)
+    while sent < size:
+        try:
+            if sock.recv(1, socket.MSG_PEEK):
+                break
+        except BlockingIOError:
+            pass
+        try:
+            sent += sock.send(filler)
+        except BlockingIOError:
+            time.sleep(0.001)
+        except OSError:
+            break
+    return sent

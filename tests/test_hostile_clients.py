@@ -21,7 +21,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from loadtests.raw_http import (
     infer,
     infer_json,
     request,
+    send_until_answered,
     status_of,
 )
 
@@ -216,20 +216,7 @@ def _flood(port: int, head: bytes, filler: bytes, size: int) -> Reader:
     """Send `head` then `filler` up to `size` bytes, stopping as soon as the server answers."""
     sock = connect(port)
     sock.sendall(head)
-    sent = 0
-    sock.settimeout(0.0)
-    while sent < size:
-        try:
-            if sock.recv(1, socket.MSG_PEEK):
-                break
-        except BlockingIOError:
-            pass
-        try:
-            sent += sock.send(filler)
-        except BlockingIOError:
-            time.sleep(0.001)
-        except OSError:
-            break
+    send_until_answered(sock, filler, size)
     sock.settimeout(30)
     return Reader(sock)
 
