@@ -35,14 +35,17 @@ _FIXED: dict[str, bytes | None] = {  # member -> its required content (None: che
     _ROOT + "data/sample_inputs/model.pt": b"",  # anything here is unpickled
 }
 _PAYLOAD = {"weights": re.compile(r"weight_\d+"), "constants": re.compile(r"tensor_\d+")}
-_TARGET = re.compile(r"torch\.ops\.aten\.[a-z0-9_]+\.[A-Za-z0-9_]+|_operator\.getitem")
+# ATen operators, and Python's arithmetic/comparison operators applied to symbolic sizes
+_TARGET = re.compile(r"torch\.ops\.aten\.[a-z0-9_]+\.[A-Za-z0-9_]+"
+                     r"|_operator\.(?:getitem|add|sub|mul|floordiv|truediv|mod|neg|pow|eq|ne|lt|le|gt|ge)")
 _SOURCE = r"L(?:\['[A-Za-z_][A-Za-z0-9_]*'\]|\[\d+\])+(?:\.size\(\)\[\d+\])?"
 _GUARD = re.compile(rf"{_SOURCE} (?:==|!=|<=|>=|<|>) (?:{_SOURCE}|-?\d+)")
 _EXPR_TOKEN = re.compile(
-    r"\s*(?:(?P<id>[A-Za-z_][A-Za-z0-9_]*)|'[a-z]+\d+'|\d+|\*\*|//|[-+*/%(),=<>!]=?)")
+    r"\s*(?:(?P<id>[A-Za-z_][A-Za-z0-9_]*)|'[a-z]+\d+'|\d+(?:\.\d+)?|\*\*|//|[-+*/%(),=<>!]=?)")
 _EXPR_WORDS = {"Symbol", "positive", "integer", "nonnegative", "True", "False", "Max", "Min", "FloorDiv",
                "CeilDiv", "Mod", "PythonMod", "CleanDiv", "ModularIndexing", "Eq", "Ne", "Le", "Lt", "Ge", "Gt",
-               "And", "Or", "Not"}
+               "And", "Or", "Not", "Mul", "Add", "Pow", "Integer", "Rational", "Float", "floor", "ceiling",
+               "IntTrueDiv", "FloatTrueDiv", "TruncToInt", "Abs"}
 _SYMBOL = re.compile(r"[a-z]+\d+")
 
 

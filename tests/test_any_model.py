@@ -393,3 +393,36 @@ def test_bool_and_fp16_inputs_with_a_dynamic_axis_batch_by_shape(tmp_path: Path)
         np.testing.assert_allclose(got[:, 0], values[:, :2].astype(np.float32).mean(axis=1), rtol=1e-3)
     # the one that waited for the device, then one batch per length (never a failed mixed batch re-run alone)
     assert sorted(sizes) == [2, 2, 4]
+
+
+class _Encoder(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+        self.out = torch.nn.Linear(16, 1)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.out(self.layer(tokens).mean(dim=1))
+
+
+class _Recurrent(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru, self.out = torch.nn.GRU(4, 8, batch_first=True), torch.nn.Linear(8, 1)
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        return self.out(self.gru(seq)[0][:, -1])
+
+
+@pytest.mark.parametrize(("module", "x"), [(_Encoder, (3, 5, 16)), (_Recurrent, (3, 7, 4))])
+def test_a_transformer_layer_and_a_gru_pass_the_archive_check(tmp_path: Path, module, x) -> None:
+    """Observed (tried as a user would): a TransformerEncoderLayer and a GRU export with arithmetic on
+    symbolic sizes (`_operator.mul`, sympy `Mul`/`Integer`); the allow-list takes those harmless forms,
+    and the loaded program matches eager."""
+    model, inputs = module().eval(), torch.randn(*x)
+    with Registry.open(f"file://{tmp_path / 'r'}") as reg:
+        with reg.track("m") as run:
+            version = run.register(model, example_inputs=inputs)
+        out = reg.load_runnable("m", version).run([inputs.numpy()])[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(out, model(inputs).numpy(), atol=1e-5)
