@@ -45,10 +45,7 @@ training:
   features: [{features}]
   target: revenue
   kind: regression
-  hidden: [64, 32]
-  lr: 0.01
-  epochs: {epochs}
-  batch_size: 128
+{model_keys}
   seed: 42
 validation:
   max_rmse: 60.0                # gate 1: absolute
@@ -79,6 +76,11 @@ class DemoConfig:
     s3_endpoint: str | None = None
     rows_per_day: int = 1500
     epochs: int = 12
+    # the user's training code instead of the built-in MLP: `entrypoint` with `params`, imported from
+    # `project` (a directory copied into the work directory, which the policy's project root becomes)
+    entrypoint: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    project: Path | None = None
     window: int = 1000
     replicas: int = 1
     rows_per_request: int = 25
@@ -275,7 +277,13 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         env["AWS_ENDPOINT_URL"] = cfg.s3_endpoint
     data_dir = work / "data" / MODEL
     features = REGRESSION_FEATURES  # the columns `generate` writes; the policy trains on all of them
-    policy = POLICY.format(features=", ".join(features), epochs=cfg.epochs, window=cfg.window,
+    if cfg.project is not None:
+        shutil.copytree(cfg.project, work, dirs_exist_ok=True)
+    if cfg.entrypoint is None:
+        model_keys = f"  hidden: [64, 32]\n  lr: 0.01\n  epochs: {cfg.epochs}\n  batch_size: 128"
+    else:
+        model_keys = f"  entrypoint: {json.dumps(cfg.entrypoint)}\n  params: {json.dumps(cfg.params)}"
+    policy = POLICY.format(features=", ".join(features), model_keys=model_keys, window=cfg.window,
                            min_samples=cfg.window // 2, shadow_min=max(200, cfg.window // 2))
     (work / "policies" / f"{MODEL}.yaml").write_text(policy)
     start = dt.date(2024, 1, 1)

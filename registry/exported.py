@@ -14,8 +14,11 @@ module that needs no user code.
 
 from __future__ import annotations
 
+import contextlib
 import io
-from collections.abc import Mapping, Sequence
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from inferloop.registry.errors import UnsupportedArtifact
@@ -62,6 +65,33 @@ def normalise_inputs(example_inputs: Any, forward_names: Sequence[str]) -> tuple
     names = list(forward_names[:len(items)])
     names += [f"input_{i}" for i in range(len(names), len(items))]
     return {name: _tensor(v, f"example input {name!r}") for name, v in zip(names, items, strict=True)}, "args"
+
+
+@contextlib.contextmanager
+def _quiet_torch_logs() -> Iterator[None]:
+    """torch logs a failed capture (graphs, tracebacks) through its own stderr handlers, and prints the
+    failing graph to stderr; the reason reaches the user as one line (UnsupportedArtifact) instead.
+    INFERLOOP_DEBUG=1 keeps torch's own output."""
+    if os.environ.get("INFERLOOP_DEBUG"):
+        yield
+        return
+    import torch.export
+    import torch.fx.experimental.symbolic_shapes  # noqa: F401 - its logger must exist to be filtered
+
+    loggers = [lg for name, lg in [("torch", logging.getLogger("torch")), *logging.root.manager.loggerDict.items()]
+               if (name == "torch" or name.startswith("torch.")) and isinstance(lg, logging.Logger)]
+    for lg in loggers:
+        lg.addFilter(_drop)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(_drop)
+
+
+def _drop(record: logging.LogRecord) -> bool:
+    return False
 
 
 def _batch_of_two(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -147,7 +177,8 @@ def export_program(module: Any, example_inputs: Any, *, dynamic_axes: Mapping[st
     try:
         with torch.inference_mode(False), torch.no_grad():
             reference = module(*args)
-        program = torch.export.export(module, args, dynamic_shapes=shapes)
+        with _quiet_torch_logs():
+            program = torch.export.export(module, args, dynamic_shapes=shapes)
     except UnsupportedArtifact:
         raise
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds; all mean "cannot capture"

@@ -58,6 +58,18 @@ class CodeLineage(Struct, frozen=True):
     repository: str | None = None
 
 
+class EntrypointLineage(Struct, frozen=True):
+    """The user's training function that built a version (`training.entrypoint`): enough to tell
+    whether the code that would rebuild it is still the code that built it."""
+
+    entrypoint: str  # "package.module:function"
+    module_file: str  # where its module was loaded from
+    module_digest: str  # sha256 of that file's bytes
+    package_digest: str  # sha256 over the package's .py files (the module's alone for a top-level module)
+    code: CodeLineage  # commit and dirty flag of the git repository that holds the module
+    root: str | None = None  # the directory put on sys.path to import it (the policy's project root)
+
+
 class Environment(Struct, frozen=True):
     python: str
     torch: str
@@ -74,6 +86,7 @@ class Lineage(Struct, frozen=True):
     seed: int | None = None
     data: DataLineage | None = None
     world_size: int = 1
+    entrypoint: EntrypointLineage | None = None  # set for builds of `training.entrypoint` code
 
 
 class FeatureSpec(Struct, frozen=True):

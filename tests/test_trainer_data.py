@@ -86,8 +86,8 @@ def test_empty_or_absent_source(tmp_path: Path) -> None:
         resolve_window(DataSource(source=str(tmp_path / "empty"), latest=1))
     with pytest.raises(DataError, match="is not a directory"):
         resolve_window(DataSource(source=str(tmp_path / "absent"), latest=1))
-    with pytest.raises(DataError, match="only local directories and file:// URIs"):
-        resolve_window(DataSource(source="s3://bucket/data", latest=1))
+    with pytest.raises(DataError, match="unsupported scheme 'gs'"):
+        resolve_window(DataSource(source="gs://bucket/data", latest=1))
 
 
 def _write(directory: Path, name: str, columns: dict) -> None:

@@ -19,7 +19,6 @@ from inferloop.registry import Registry
 from inferloop.registry.lineage import file_digest
 from inferloop.trainer import metrics
 from inferloop.trainer.data import holdout_split, load_dataset
-from inferloop.trainer.fit import predict
 from inferloop.trainer.pipeline import environment_warnings
 
 from .trainer_support import Receiver, make_data, policy_dict, run_cli, write_policy
@@ -53,13 +52,15 @@ def test_build_registers_a_version_with_full_lineage(tmp_path: Path, data: Path,
         file_digest(data / f"{p.name}.parquet") for p in m.lineage.data.partitions]
     assert m.lineage.data.uri == f"file://{data}" and m.lineage.data.digest == summary["data_digest"]
     assert m.lineage.seed == 3 and m.lineage.world_size == 1
-    assert m.lineage.params["epochs"] == 3 and m.lineage.params["hidden"] == [16]
+    assert m.lineage.params["params"]["epochs"] == 3 and m.lineage.params["params"]["hidden"] == [16]
+    assert m.lineage.params["entrypoint"] == "inferloop.trainer.builtin:mlp"
+    assert m.lineage.entrypoint is not None and m.lineage.entrypoint.module_file.endswith("trainer/builtin.py")
     assert m.lineage.params["features"][0] == "price" and m.lineage.params["threads"] == 1
     assert m.lineage.environment.device == "cpu" and m.lineage.environment.torch == str(torch.__version__)
     assert m.lineage.code.commit  # the tests run in the repository's checkout
     assert [f.name for f in m.signature.features] == m.lineage.params["features"]
     assert m.signature.output_kind == "regression"
-    assert set(m.metrics) == {"rmse", "mae", "r2"} and m.metrics["rmse"] == summary["metrics"]["rmse"]
+    assert set(m.metrics) == {"rmse", "mae", "r2", "train_loss"} and m.metrics["rmse"] == summary["metrics"]["rmse"]
     assert m.reference is not None and m.reference.predictions is not None
     # drift bins every feature and the first output (registry.drift_columns)
     assert [f.name for f in m.reference.features] == [*(f.name for f in m.signature.features), "output:output"]
@@ -133,7 +134,7 @@ def test_worse_candidate_fails_gate_two_on_the_same_holdout_and_notifies(tmp_pat
         assert reg.get_pointer("rev", "staging").version == 1  # v1 was promoted there; v2 never
         (event,) = reg.history("rev", kinds={"gate_failed"})
         manifest = reg.get_manifest("rev", 2)
-        production = reg.load_model("rev", 1)
+        production = reg.load_runnable("rev", 1)
     assert event.version == 2 and event.details["compared_version"] == 1
     assert event.details["holdout_digest"] == manifest.validation.holdout_digest
     assert not manifest.validation.passed
@@ -142,7 +143,7 @@ def test_worse_candidate_fails_gate_two_on_the_same_holdout_and_notifies(tmp_pat
     ds = load_dataset(manifest.lineage.data.uri, [p.name for p in manifest.lineage.data.partitions],
                       spec["features"], spec["target"], "regression")
     _, hold = holdout_split(len(ds.y), spec["holdout_fraction"], manifest.lineage.seed)
-    rmse = metrics.compute("regression", ds.y[hold], predict(production, ds.x[hold], "regression"))["rmse"]
+    rmse = metrics.compute("regression", ds.y[hold], production.run([ds.x[hold]])[0][:, 0])["rmse"]
     assert relative["production"] == pytest.approx(rmse, rel=1e-9)
     # both notification targets got the verdict
     hook, slack = posts["/hook"], posts["/slack"]
@@ -196,7 +197,7 @@ def _poison(data: Path, column: str, value: float) -> None:
 @pytest.mark.parametrize(("case", "expected"), [
     ("malformed yaml", r"malformed YAML \(line"),
     ("unknown key", r"unknown key `learning_rate` in training"),
-    ("wrong type", r"Expected `int`, got `str` in training.epochs"),
+    ("wrong type", r"Expected `int \| null`, got `str` in training.epochs"),
     ("missing partitions", r"partition\(s\) 2023-01-01 not found"),
     ("empty partition", r"partition 2024-01-07 is empty"),
     ("nan feature", r"column 'price' has 1 NaN or infinite"),

@@ -5,3 +5,7 @@ policy (inferloop.policy) → data window (data; synthetic data from synthetic) 
 summary (report). Launched in-process or under torchrun (launcher, worker); retraining as an HTTP
 service (app → service → runner, jobs, schedule). Commands in cli.
 """
+
+from inferloop.trainer.context import TrainingContext, TrainResult
+
+__all__ = ["TrainResult", "TrainingContext"]

@@ -89,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
             return _serve(args)
         return _generate(args)
     except TrainerError as exc:
+        if os.environ.get("INFERLOOP_DEBUG") and exc.__cause__ is not None:
+            traceback.print_exception(exc.__cause__)  # the user's own error, in full
         print(f"inferloop: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except (RegistryError, UsageError, KeyboardInterrupt):
@@ -115,7 +117,7 @@ def _train(args: argparse.Namespace) -> int:
         policy = load_policy(args.policy)
         request = plan(policy, uri, s3_endpoint=args.s3_endpoint, data=args.data,
                        actor=setting(args.actor, "INFERLOOP_ACTOR", default_actor()), reason=args.reason,
-                       trigger=args.trigger, job_id=args.job_id)
+                       trigger=args.trigger, job_id=args.job_id, policy_path=args.policy)
     summary = launch(request)
     if args.json:
         sys.stdout.write(msgspec.json.encode(summary).decode() + "\n")

@@ -1,6 +1,7 @@
 """Partition windows: resolve a policy's window to the exact partition list, read it, check it.
 
-A partition is one Parquet file `<name>.parquet` in the source directory. The window resolves to
+A partition is one Parquet file `<name>.parquet` in the source: a local directory or an `s3://`
+prefix (`partition_source`). The window resolves to
 names (never a date range); each file is read once into memory, hashed and parsed from the same
 bytes, so the digest recorded in the manifest is the digest of exactly what was trained on.
 """
@@ -8,10 +9,7 @@ bytes, so the digest recorded in the manifest is the digest of exactly what was 
 from __future__ import annotations
 
 import hashlib
-import os
-from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlparse
 
 import msgspec
 import numpy as np
@@ -20,11 +18,11 @@ from inferloop.policy import DataSource, Kind
 from inferloop.registry.lineage import data_lineage
 from inferloop.registry.manifest import DataLineage, DataPartition
 from inferloop.trainer.errors import DataError
+from inferloop.trainer.partition_source import SUFFIX, PartitionSource, open_source
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-SUFFIX = ".parquet"
 _F32_MAX = float(np.finfo(np.float32).max)  # training is float32: larger values would become inf
 # Below these a build is refused (exit 2) before training: a model fitted on a handful of rows, or
 # judged on a handful, passes or fails its gates by chance.
@@ -35,43 +33,27 @@ class Dataset(msgspec.Struct, frozen=True):
     x: np.ndarray  # float32, rows × features, in the policy's feature order
     y: np.ndarray  # float32, rows
     lineage: DataLineage
+    table: pa.Table | None = None  # every column of every partition, in order (what entrypoints receive)
 
 
-def source_dir(source: str) -> Path:
-    """A plain path (relative to the working directory) or a file:// URI → absolute directory."""
-    if "://" in source:
-        parsed = urlparse(source)
-        if parsed.scheme != "file":
-            raise DataError(f"data source {source!r}: only local directories and file:// URIs are supported")
-        path = Path(unquote(parsed.netloc + parsed.path))
-    else:
-        path = Path(source).expanduser()
-    return path.absolute()
-
-
-def list_partitions(directory: Path) -> list[str]:
-    if not directory.is_dir():
-        raise DataError(f"data source {directory} is not a directory")
-    return sorted(p.name[: -len(SUFFIX)] for p in directory.iterdir()
-                  if p.name.endswith(SUFFIX) and not p.name.startswith((".", "_")) and p.is_file())
-
-
-def resolve_window(window: DataSource, source: str | None = None) -> tuple[str, list[str]]:
+def resolve_window(window: DataSource, source: str | None = None, s3_endpoint: str | None = None
+                   ) -> tuple[str, list[str]]:
     """(source URI, exact partition names) for a policy's window; `source` overrides the policy's."""
-    directory = source_dir(source or window.source)
-    available = list_partitions(directory)
+    with open_source(source or window.source, s3_endpoint) as src:
+        available = src.names()
+        where = src.uri
     if window.latest is not None:
         if not available:
-            raise DataError(f"data source {directory} has no partitions (*{SUFFIX} files)")
+            raise DataError(f"data source {where} has no partitions (*{SUFFIX} files)")
         if len(available) < window.latest:
-            raise DataError(f"data window asks for the latest {window.latest} partitions but {directory} "
+            raise DataError(f"data window asks for the latest {window.latest} partitions but {where} "
                             f"has only {len(available)}")
-        return f"file://{directory}", available[-window.latest:]
+        return where, available[-window.latest:]
     assert window.partitions is not None
     missing = sorted(set(window.partitions) - set(available))
     if missing:
-        raise DataError(f"partition(s) {', '.join(missing)} not found in {directory}")
-    return f"file://{directory}", list(window.partitions)
+        raise DataError(f"partition(s) {', '.join(missing)} not found in {where}")
+    return where, list(window.partitions)
 
 
 def _column(table: pa.Table, name: str, partition: str) -> np.ndarray:
@@ -92,40 +74,26 @@ def _column(table: pa.Table, name: str, partition: str) -> np.ndarray:
     return values
 
 
-def _read_partition(name: str, path: Path) -> pa.Buffer:
-    """The file's bytes in memory Arrow owns, never in a Python object: an Arrow worker thread may drop
-    the last reference to what it read after the call returns, and releasing Python memory needs the
-    GIL, which a thread cannot take once the interpreter is exiting (it is ended by pthread_exit inside
-    Arrow's C++ destructor: "terminate called without an active exception", exit 134 instead of 2)."""
-    import pyarrow as pa
-
-    try:
-        with open(path, "rb") as fh:
-            buf = pa.allocate_buffer(os.fstat(fh.fileno()).st_size)
-            got = fh.readinto(buf)
-    except FileNotFoundError:
-        raise DataError(f"partition {name} not found in {path.parent}") from None
-    except OSError as exc:
-        raise DataError(f"partition {name}: cannot read {path}: {exc.strerror}") from None
-    if got != buf.size:
-        raise DataError(f"partition {name}: {path} changed size while it was read")
-    return buf
-
-
 def load_dataset(uri: str, names: list[str], features: list[str], target: str, kind: Kind,
-                 expected: DataLineage | None = None) -> Dataset:
-    """Read the named partitions in order. With `expected`, every digest must match it (reproduction)."""
+                 expected: DataLineage | None = None, s3_endpoint: str | None = None) -> Dataset:
+    """Read the named partitions in order, each once. With `expected`, every digest must match it
+    (reproduction). `uri`: a directory, file:// or s3:// URI (`partition_source`)."""
+    with open_source(uri, s3_endpoint) as source:
+        return _load(source, names, features, target, kind, expected)
+
+
+def _load(source: PartitionSource, names: list[str], features: list[str], target: str, kind: Kind,
+          expected: DataLineage | None) -> Dataset:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    directory = source_dir(uri)
     want = {p.name: p.digest for p in expected.partitions} if expected else {}
     parts: list[DataPartition] = []
     xs: list[np.ndarray] = []
     ys: list[np.ndarray] = []
+    tables: list[pa.Table] = []
     for name in names:
-        path = directory / f"{name}{SUFFIX}"
-        raw = _read_partition(name, path)
+        raw = source.read(name)
         digest = hashlib.sha256(raw).hexdigest()
         if want and want.get(name) != digest:
             raise DataError(f"partition {name} changed since the version was built: digest {digest[:12]}… "
@@ -147,11 +115,16 @@ def load_dataset(uri: str, names: list[str], features: list[str], target: str, k
             raise DataError(f"partition {name}: binary target {target!r} must be 0/1, found "
                             f"{np.unique(y[~np.isin(y, (0.0, 1.0))])[:5].tolist()}")
         ys.append(y)
+        tables.append(table)
         parts.append(DataPartition(name=name, digest=digest, rows=table.num_rows))
     if not parts:
         raise DataError("the data window resolved to no partitions")
     x, y = np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.float32)
-    return Dataset(x=x, y=y, lineage=data_lineage(uri, parts))
+    try:
+        combined = pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise DataError(f"the partitions' columns do not agree: {exc}") from None
+    return Dataset(x=x, y=y, lineage=data_lineage(source.uri, parts), table=combined)
 
 
 def holdout_split(rows: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

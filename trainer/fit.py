@@ -1,4 +1,7 @@
-"""The training loop: deterministic, optionally data-parallel, exporting a plain `MLP` on raw inputs.
+"""The built-in MLP's training loop (`inferloop.trainer.builtin:mlp`) and the run's determinism and
+device settings that every entrypoint runs under.
+
+The loop is deterministic, optionally data-parallel, and returns a plain `MLP` on raw inputs.
 
 Features (and a regression target) are standardised for training; the scaling is then folded into
 the first and last linear layers, so the registered artifact is an ordinary MLP that takes the raw
@@ -16,7 +19,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 import numpy as np
@@ -27,9 +30,19 @@ if TYPE_CHECKING:
     import torch
 
     from inferloop.registry.architectures import MLP
-    from inferloop.trainer.spec import TrainSpec
 
 Progress = Callable[[str], None]
+
+
+class MLPParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The built-in MLP's parameters (`training.params`, or the same keys directly under `training:`)."""
+
+    hidden: list[int] = msgspec.field(default_factory=lambda: [64, 32])
+    activation: Literal["relu", "gelu", "tanh"] = "relu"
+    lr: float = 0.003
+    epochs: int = 20
+    batch_size: int = 256
+    weight_decay: float = 0.0
 
 
 class DistInfo(msgspec.Struct, frozen=True):
@@ -107,9 +120,9 @@ def _fold(model: MLP, x_mean: np.ndarray, x_std: np.ndarray, y_mean: float, y_st
     return out
 
 
-def fit(spec: TrainSpec, x: np.ndarray, y: np.ndarray, *, dist: DistInfo, device: str,
+def fit(spec: MLPParams, kind: str, seed: int, x: np.ndarray, y: np.ndarray, *, dist: DistInfo, device: str,
         progress: Progress) -> Fitted:
-    """Train on (x, y) and return the model on raw inputs. Call inside `deterministic(spec.threads)`."""
+    """Train on (x, y) and return the model on raw inputs. Call inside `deterministic(threads)`."""
     import torch
     from torch.nn import functional
 
@@ -117,13 +130,13 @@ def fit(spec: TrainSpec, x: np.ndarray, y: np.ndarray, *, dist: DistInfo, device
 
     x_mean, x_std = _scale(x)
     y_mean, y_std = (0.0, 1.0)
-    if spec.kind == "regression":
+    if kind == "regression":
         m, s = _scale(y.reshape(-1, 1))
         y_mean, y_std = float(m[0]), float(s[0])
     xt = torch.as_tensor(((x - x_mean) / x_std).astype(np.float32), device=device)
     yt = torch.as_tensor(((y - y_mean) / y_std).astype(np.float32).reshape(-1, 1), device=device)
 
-    torch.manual_seed(spec.seed)
+    torch.manual_seed(seed)
     model = MLP(x.shape[1], 1, spec.hidden, spec.activation).to(device)
     net: torch.nn.Module = model
     if dist.world_size > 1:
@@ -131,8 +144,8 @@ def fit(spec: TrainSpec, x: np.ndarray, y: np.ndarray, *, dist: DistInfo, device
 
         net = DistributedDataParallel(model, device_ids=[dist.local_rank] if device.startswith("cuda") else None)
     opt = torch.optim.Adam(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
-    loss_fn = functional.mse_loss if spec.kind == "regression" else functional.binary_cross_entropy_with_logits
-    gen = torch.Generator().manual_seed(spec.seed)
+    loss_fn = functional.mse_loss if kind == "regression" else functional.binary_cross_entropy_with_logits
+    gen = torch.Generator().manual_seed(seed)
     n, batch, world = len(xt), spec.batch_size, dist.world_size
 
     losses: list[float] = []
@@ -166,15 +179,3 @@ def fit(spec: TrainSpec, x: np.ndarray, y: np.ndarray, *, dist: DistInfo, device
     seconds = time.perf_counter() - started
     return Fitted(model=_fold(model, x_mean, x_std, y_mean, y_std), epoch_losses=losses, seconds=seconds,
                   rows_processed=n * spec.epochs)
-
-
-def predict(model: torch.nn.Module, x: np.ndarray, kind: str, chunk: int = 65536) -> np.ndarray:
-    """Predictions for `x` on the CPU: values (regression) or probabilities (binary)."""
-    import torch
-
-    outs = []
-    with torch.inference_mode():
-        for start in range(0, len(x), chunk):
-            outs.append(model(torch.as_tensor(x[start:start + chunk])).double().numpy()[:, 0])
-    out = np.concatenate(outs) if outs else np.zeros(0)
-    return 1.0 / (1.0 + np.exp(-out)) if kind == "binary" else out

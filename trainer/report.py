@@ -35,8 +35,11 @@ def print_summary(s: BuildSummary) -> None:
         for n in s.notifications:
             lines.append(f"  notified  {n.target}: {'ok' if n.ok else n.detail}")
     lines.append(f"  data      {len(s.partitions)} partition(s) {first}…{last}, digest {s.data_digest[:16]}…")
-    lines.append(f"  training  {s.epochs} epochs, {s.rows_train} rows, {s.world_size} process(es) on {s.device}: "
-                 f"{s.train_seconds:.2f} s, {s.rows_per_second:,.0f} rows/s")
+    epochs = f"{s.epochs} epochs, " if s.epochs else ""
+    lines.append(f"  training  {s.entrypoint}: {epochs}{s.rows_train} rows, {s.world_size} process(es) on "
+                 f"{s.device}: {s.train_seconds:.2f} s, {s.rows_per_second:,.0f} rows/s")
+    if s.training_metrics:
+        lines.append(f"            {_metrics(dict(s.training_metrics))}")
     for w in s.warnings:
         lines.append(f"  warning   {w}")
     print("\n".join(lines))

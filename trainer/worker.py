@@ -45,6 +45,10 @@ def main(argv: list[str]) -> int:
         finally:
             dist.destroy_process_group()
     except (TrainerError, RegistryError) as exc:
+        if os.environ.get("INFERLOOP_DEBUG") and exc.__cause__ is not None and info.is_main:
+            import traceback
+
+            traceback.print_exception(exc.__cause__)  # the user's own error, in full
         report(WorkerResult(error=str(exc)))
         return 0 if info.is_main else 1
     if summary is not None:

@@ -5,7 +5,9 @@ model names with the registry's own rules)."""
 from __future__ import annotations
 
 from .schema import (
+    BUILTIN_ENTRYPOINT,
     METRICS,
+    MLP_KEYS,
     DataSource,
     Direction,
     Kind,
@@ -25,7 +27,7 @@ from .schema import (
 )
 
 __all__ = [
-    "METRICS", "DataSource", "Direction", "Kind", "MonitorMethods", "MonitorPolicy", "NotifyTarget", "Policy",
+    "BUILTIN_ENTRYPOINT", "METRICS", "MLP_KEYS", "DataSource", "Direction", "Kind", "MonitorMethods", "MonitorPolicy", "NotifyTarget", "Policy",
     "PolicyError", "PsiMethod", "ShadowPolicy", "TrainingPolicy", "TriggerPolicy", "ValidationPolicy",
     "load_policies", "load_policy", "parse_policy",
 ]

@@ -72,17 +72,27 @@ class DataSource(_Section, frozen=True):
                          f"data.partitions entry {p!r} is not a partition name")
 
 
+BUILTIN_ENTRYPOINT = "inferloop.trainer.builtin:mlp"
+# The built-in MLP's own parameters, also accepted as top-level `training:` keys (as before entrypoints)
+MLP_KEYS = ("hidden", "activation", "lr", "epochs", "batch_size", "weight_decay")
+
+
 class TrainingPolicy(_Section, frozen=True):
     data: DataSource
     features: list[str]
     target: str
     kind: Kind
-    hidden: list[int] = msgspec.field(default_factory=lambda: [64, 32])
-    activation: Literal["relu", "gelu", "tanh"] = "relu"
-    lr: float = 0.003
-    epochs: int = 20
-    batch_size: int = 256
-    weight_decay: float = 0.0
+    # the user's training code, "package.module:function", called with a TrainingContext; `params`
+    # reach it unchanged (docs/training.md)
+    entrypoint: str = BUILTIN_ENTRYPOINT
+    params: dict[str, Any] = {}
+    # the built-in MLP's parameters (None: its default); refused with any other entrypoint
+    hidden: list[int] | None = None
+    activation: Literal["relu", "gelu", "tanh"] | None = None
+    lr: float | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    weight_decay: float | None = None
     seed: int = 0
     holdout_fraction: float = 0.2  # rows held out (seeded split of the window) for metrics and gates
     threads: int = 1  # torch intra-op threads per process; part of the lineage (results depend on it)
@@ -95,13 +105,26 @@ class TrainingPolicy(_Section, frozen=True):
         _require(len(self.features) > 0, "training.features must list at least one column")
         _require(len(set(self.features)) == len(self.features), "training.features lists a column twice")
         _require(self.target not in self.features, f"training.target {self.target!r} is also a feature")
-        _require(all(h >= 1 for h in self.hidden), f"training.hidden sizes must be at least 1, got {self.hidden}")
-        _finite(self.lr, "training.lr")
-        _require(self.lr > 0, f"training.lr must be positive, got {self.lr}")
-        _finite(self.weight_decay, "training.weight_decay")
-        _require(self.weight_decay >= 0, "training.weight_decay must not be negative")
-        _require(self.epochs >= 1, f"training.epochs must be at least 1, got {self.epochs}")
-        _require(self.batch_size >= 1, f"training.batch_size must be at least 1, got {self.batch_size}")
+        module, sep, function = self.entrypoint.partition(":")
+        _require(bool(sep) and all(p.isidentifier() for p in module.split("."))
+                 and all(p.isidentifier() for p in function.split(".")),
+                 f"training.entrypoint {self.entrypoint!r} is not of the form \"package.module:function\"")
+        if self.entrypoint != BUILTIN_ENTRYPOINT:
+            given = [k for k in MLP_KEYS if getattr(self, k) is not None]
+            _require(not given, f"training.{', training.'.join(given)}: parameters of the built-in MLP; with "
+                                f"entrypoint {self.entrypoint!r}, give your function's parameters under training.params")
+        if self.hidden is not None:
+            _require(all(h >= 1 for h in self.hidden), f"training.hidden sizes must be at least 1, got {self.hidden}")
+        if self.lr is not None:
+            _finite(self.lr, "training.lr")
+            _require(self.lr > 0, f"training.lr must be positive, got {self.lr}")
+        if self.weight_decay is not None:
+            _finite(self.weight_decay, "training.weight_decay")
+            _require(self.weight_decay >= 0, "training.weight_decay must not be negative")
+        if self.epochs is not None:
+            _require(self.epochs >= 1, f"training.epochs must be at least 1, got {self.epochs}")
+        if self.batch_size is not None:
+            _require(self.batch_size >= 1, f"training.batch_size must be at least 1, got {self.batch_size}")
         _require(0 <= self.seed < 2**63, f"training.seed must be in [0, 2**63), got {self.seed}")
         _finite(self.holdout_fraction, "training.holdout_fraction")
         _require(0 < self.holdout_fraction < 1, "training.holdout_fraction must be between 0 and 1")
@@ -114,6 +137,11 @@ class TrainingPolicy(_Section, frozen=True):
 
             _require(croniter.is_valid(self.schedule),
                      f"training.schedule {self.schedule!r} is not a cron expression (e.g. '0 3 * * *')")
+
+    def entrypoint_params(self) -> dict[str, Any]:
+        """What the entrypoint receives: `params`, plus (built-in MLP) its top-level keys that are set."""
+        mlp = {k: getattr(self, k) for k in MLP_KEYS if getattr(self, k) is not None}
+        return {**mlp, **self.params}
 
 
 # -- validation: --------------------------------------------------------------------------------
