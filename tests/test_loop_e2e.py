@@ -6,6 +6,8 @@ with zero failed requests."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from inferloop.demo import DemoConfig, run_demo
 from inferloop.registry import Registry
 
@@ -40,3 +42,22 @@ def test_loop_closes_on_s3_with_three_gateway_replicas(tmp_path, moto_server) ->
     result = run_demo(DemoConfig(workdir=tmp_path / "demo", registry=registry, s3_endpoint=moto_server.endpoint,
                                  rows_per_day=600, epochs=8, replicas=3, say=lambda *_: None))
     _check(result, registry, moto_server.endpoint)
+
+
+def test_loop_retrains_the_users_own_model_on_drift(tmp_path) -> None:
+    """The same loop with the user's training code (tests/fixtures/shop_project, `shop.tabular:fit`):
+    the drift-triggered job in `inferloop trainer serve` runs that entrypoint, and its v2 reaches
+    production through shadow."""
+    registry = f"file://{tmp_path / 'model-registry'}"
+    project = Path(__file__).parent / "fixtures" / "shop_project"
+    result = run_demo(DemoConfig(workdir=tmp_path / "demo", registry=registry, rows_per_day=600,
+                                 entrypoint="shop.tabular:fit", params={"epochs": 8, "width": 32, "lr": 0.01},
+                                 project=project, say=lambda *_: None))
+    _check(result, registry)
+    with Registry.open(registry) as reg:
+        for version in (1, 2):
+            lineage = reg.get_manifest("revenue-forecast", version).lineage
+            assert lineage.entrypoint is not None and lineage.entrypoint.entrypoint == "shop.tabular:fit"
+        retrained = reg.get_manifest("revenue-forecast", 2)
+    assert "trigger:drift" in retrained.tags
+    assert retrained.artifact.format == "torch.export"  # the user's module, not the built-in MLP
