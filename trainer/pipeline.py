@@ -78,6 +78,9 @@ class BuildSummary(msgspec.Struct):
     epochs: int = 0
     final_loss: float | None = None
     train_seconds: float = 0.0
+    # wall seconds per phase on the main rank: load, train (the entrypoint), package (export + open),
+    # holdout (run through the artifact + metrics), gate (the compared stage's run), register
+    phases: dict[str, float] = {}
     rows_per_second: float = 0.0
     # --reproduce
     reproduced_version: int | None = None
@@ -171,6 +174,7 @@ def execute(request: BuildRequest, dist: DistInfo = SINGLE_PROCESS, progress: Pr
         warnings = environment_warnings(request.reproduce) + _check_same_code(request.reproduce, code)
     for w in warnings:
         progress(f"warning: {w}")
+    clock = time.perf_counter()
     data = load_dataset(spec.data_uri, spec.partitions, spec.features, spec.target, spec.kind,
                         expected=request.reproduce.lineage.data if request.reproduce is not None else None,
                         s3_endpoint=request.s3_endpoint)
@@ -183,6 +187,7 @@ def execute(request: BuildRequest, dist: DistInfo = SINGLE_PROCESS, progress: Pr
                  f"({len(train_idx)} train / {len(hold_idx)} holdout), data digest {data.lineage.digest[:12]}…, "
                  f"{dist.world_size} process(es) on {device}, entrypoint {spec.entrypoint}")
     train_table, x_train = data.table.take(train_idx), data.x[train_idx]
+    phases = {"load": time.perf_counter() - clock}
     with deterministic(spec.threads):
         seed_everything(spec.seed)
         ctx = TrainingContext(model_name=spec.model, data=train_table, x=x_train, y=data.y[train_idx],
@@ -194,13 +199,18 @@ def execute(request: BuildRequest, dist: DistInfo = SINGLE_PROCESS, progress: Pr
         seconds = time.perf_counter() - started
         if not dist.is_main:
             return None
+        phases["train"] = seconds
+        clock = time.perf_counter()
         result = _as_result(returned, spec.entrypoint)
         candidate = _package(result, spec, train_table, x_train)
+        phases["package"] = time.perf_counter() - clock
+        clock = time.perf_counter()
         hold_table, x_hold, y_hold = data.table.take(hold_idx), data.x[hold_idx], data.y[hold_idx]
         hold_inputs = _holdout_inputs(candidate.packaged, candidate.plan, hold_table, x_hold, spec.entrypoint)
         pred = _predict(candidate.runnable, candidate.signature, candidate.plan, hold_inputs, spec.kind)
     computed = metrics.compute(spec.kind, y_hold, pred)
     problems = metrics.holdout_problems(spec.kind, y_hold)
+    phases["holdout"] = time.perf_counter() - clock
     # a number the holdout cannot support is not recorded as the version's metric
     candidate_metrics = {k: None if k in problems else v for k, v in computed.items()}
     training_metrics = _training_metrics({**ctx.metrics, **result.metrics})
@@ -212,7 +222,7 @@ def execute(request: BuildRequest, dist: DistInfo = SINGLE_PROCESS, progress: Pr
         rows_train=len(train_idx), rows_holdout=len(hold_idx), world_size=dist.world_size,
         device=device.split(":")[0], epochs=epochs, final_loss=training_metrics.get("train_loss"),
         train_seconds=seconds, rows_per_second=len(train_idx) * max(epochs, 1) / max(seconds, 1e-9),
-        warnings=warnings,
+        warnings=warnings, phases=phases,
     )
     if request.reproduce is not None:
         return _compare(request.reproduce, candidate, summary)
@@ -393,12 +403,15 @@ def _finish_build(request: BuildRequest, data: Dataset, candidate: Candidate, co
     `train` is (table, x) of the training rows, `holdout` (table, x, y) of the held-out ones."""
     spec, policy = request.spec, request.validation
     (train_table, x_train), (hold_table, x_hold, y_hold) = train, holdout
+    clock = time.perf_counter()
     with Registry.open(request.registry, s3_endpoint=request.s3_endpoint) as reg:
         hdigest = holdout_digest(x_hold, y_hold, spec.features)
         reference = None
         if policy is not None and policy.compare_to is not None:
             reference = _evaluate_stage(reg, spec, policy.compare_to, hold_table, y_hold)
         record = gates.evaluate(policy, summary.metrics, reference, hdigest, problems) if policy is not None else None
+        summary.phases["gate"] = time.perf_counter() - clock
+        clock = time.perf_counter()
         production = reg.get_pointer(spec.model, "production")
         drift_reference = candidate.packaged.arrays(model_inputs.arrays(candidate.plan, train_table, x_train))
         with reg.track(spec.model, actor=request.actor) as run:
@@ -416,6 +429,7 @@ def _finish_build(request: BuildRequest, data: Dataset, candidate: Candidate, co
                 tags=[f"trigger:{request.trigger}", *candidate.result.tags],
                 parent=production.version if production else None, validation=record)
         assert run.manifest is not None
+        summary.phases["register"] = time.perf_counter() - clock
         summary.version, summary.created, summary.digest = version, run.created, run.manifest.artifact.digest
         progress(f"registered {spec.model} v{version}{'' if run.created else ' (identical build: existing version)'}"
                  f", artifact {summary.digest[:12]}…")
