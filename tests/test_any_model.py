@@ -1,6 +1,7 @@
 """Models nobody here wrote, through the registry, the gateway and shadow: any torch.nn.Module as a
 torch.export program, multi-tensor signatures, and ONNX (a scikit-learn gradient-boosted model).
-The three examples in examples/models/ are the fixtures. Real registry, real uvicorn, tritonclient."""
+The three examples' examples/models/<name>/model.py are the fixtures. Real registry, real uvicorn,
+tritonclient."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def example(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / "models" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / "models" / name / "model.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

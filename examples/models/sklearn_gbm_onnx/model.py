@@ -2,7 +2,12 @@
 onnxruntime (`pip install 'inferloop[onnx]' skl2onnx scikit-learn`). Outputs: `label` (INT64) and
 `probabilities` (FP32 [n, classes]); convert with zipmap off so probabilities are a tensor.
 
-    python examples/models/sklearn_gbm_onnx.py     # registers and promotes v1 in the default registry
+    python examples/models/sklearn_gbm_onnx/model.py     # registers and promotes v1 in the default registry
+
+Trained on data by the trainer instead (data.py, train.py and policy.yaml beside this file):
+
+    python examples/models/sklearn_gbm_onnx/data.py
+    inferloop train --policy examples/models/sklearn_gbm_onnx/policy.yaml
 """
 
 from __future__ import annotations

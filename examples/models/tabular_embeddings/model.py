@@ -2,12 +2,17 @@
 eight FP32 dense features, to one revenue score. Any torch.nn.Module registers the same way: inferloop
 stores it as a torch.export program, and the gateway serves it without this file.
 
-    python examples/models/tabular_embeddings.py            # registers and promotes v1 in the default registry
-    inferloop serve --model store-revenue                    # then, from another shell:
+    python examples/models/tabular_embeddings/model.py   # registers and promotes v1 in the default registry
+    inferloop serve --model store-revenue                # then, from another shell:
     curl -s localhost:8000/v2/models/store-revenue/infer -H 'content-type: application/json' -d '{"inputs": [
       {"name": "store_id", "datatype": "INT64", "shape": [2], "data": [3, 17]},
       {"name": "dense", "datatype": "FP32", "shape": [2, 8], "data": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8,
                                                                       1, 1, 1, 1, 1, 1, 1, 1]}]}'
+
+Trained on data by the trainer instead (data.py, train.py and policy.yaml beside this file):
+
+    python examples/models/tabular_embeddings/data.py
+    inferloop train --policy examples/models/tabular_embeddings/policy.yaml
 """
 
 from __future__ import annotations

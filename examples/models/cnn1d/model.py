@@ -1,7 +1,12 @@
 """A 1-D CNN over a fixed-length sequence (4 channels × 32 steps) to 3 class probabilities: a
 non-tabular input, served over OIP v2 as one FP32 tensor of shape [n, 4, 32].
 
-    python examples/models/cnn1d.py     # registers and promotes v1 in the default registry
+    python examples/models/cnn1d/model.py     # registers and promotes v1 in the default registry
+
+Trained on data by the trainer instead (data.py, train.py and policy.yaml beside this file):
+
+    python examples/models/cnn1d/data.py
+    inferloop train --policy examples/models/cnn1d/policy.yaml
 """
 
 from __future__ import annotations
@@ -13,14 +18,18 @@ CHANNELS, STEPS, CLASSES = 4, 32, 3
 
 
 class SequenceClassifier(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, channels: int = CHANNELS, classes: int = CLASSES) -> None:
         super().__init__()
-        self.conv = nn.Sequential(nn.Conv1d(CHANNELS, 16, 5, padding=2), nn.ReLU(), nn.BatchNorm1d(16),
+        self.conv = nn.Sequential(nn.Conv1d(channels, 16, 5, padding=2), nn.ReLU(), nn.BatchNorm1d(16),
                                   nn.Conv1d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool1d(1))
-        self.head = nn.Linear(16, CLASSES)
+        self.head = nn.Linear(16, classes)
+
+    def logits(self, sequence: torch.Tensor) -> torch.Tensor:
+        """Unnormalised class scores: what a loss trains on (train.py); `forward` serves probabilities."""
+        return self.head(self.conv(sequence).squeeze(-1))
 
     def forward(self, sequence: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.head(self.conv(sequence).squeeze(-1)), dim=1)
+        return torch.softmax(self.logits(sequence), dim=1)
 
 
 def example_inputs(rows: int = 64, seed: int = 0) -> torch.Tensor:
