@@ -100,7 +100,14 @@ def load_session(data: bytes, device: str = "cpu") -> Any:
 
 
 def serialize(model: Any) -> bytes:
-    """The bytes of an `onnx.ModelProto` (or bytes as given)."""
+    """The bytes of an `onnx.ModelProto` (or bytes as given), canonical: the opset imports (whose
+    order means nothing; skl2onnx lists them in hash-seed order) sorted by domain, and protobuf's
+    deterministic encoding, so the same model always has the same digest and registers once."""
     if isinstance(model, bytes | bytearray):
         return bytes(model)
-    return bytes(model.SerializeToString())
+    opsets = sorted(model.opset_import, key=lambda o: (o.domain, o.version))
+    if list(model.opset_import) != opsets:
+        model = type(model).FromString(model.SerializeToString())  # the caller's proto stays as it was
+        del model.opset_import[:]
+        model.opset_import.extend(opsets)
+    return bytes(model.SerializeToString(deterministic=True))

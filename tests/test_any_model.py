@@ -427,3 +427,23 @@ def test_a_transformer_layer_and_a_gru_pass_the_archive_check(tmp_path: Path, mo
         out = reg.load_runnable("m", version).run([inputs.numpy()])[0]
     with torch.no_grad():
         np.testing.assert_allclose(out, model(inputs).numpy(), atol=1e-5)
+
+
+def test_an_onnx_model_has_one_digest_whatever_its_opset_order(tmp_path: Path) -> None:
+    """skl2onnx lists its opset imports in hash-seed order: the same model must still register once."""
+    import onnx
+
+    _, model = GBM.build()
+    reordered = onnx.ModelProto.FromString(model.SerializeToString())
+    opsets = list(reordered.opset_import)[::-1]
+    del reordered.opset_import[:]
+    reordered.opset_import.extend(opsets)
+    assert len(opsets) > 1 and reordered.SerializeToString() != model.SerializeToString()
+    x = np.zeros((4, 6), np.float32)
+    with Registry.open(f"file://{tmp_path / 'r'}") as reg:
+        with reg.track("gbm") as run:
+            first = run.register(model, example_inputs=x, output_kind="multiclass")
+        with reg.track("gbm") as run:
+            second = run.register(reordered, example_inputs=x, output_kind="multiclass")
+            assert not run.created
+    assert first == second == 1

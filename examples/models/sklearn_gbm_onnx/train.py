@@ -26,10 +26,5 @@ def fit(ctx: TrainingContext) -> TrainResult:
     ctx.log_metric("train_accuracy", float(clf.score(ctx.x, y)))
     model = to_onnx(clf, initial_types=[("features", FloatTensorType([None, len(ctx.features)]))],
                     options={id(clf): {"zipmap": False}}, target_opset=17)
-    # skl2onnx lists the opsets in set order, which changes with Python's hash seed from one process to
-    # the next; sorted, the same training gives the same bytes, hence the same registry version
-    opsets = sorted(model.opset_import, key=lambda o: o.domain)
-    del model.opset_import[:]
-    model.opset_import.extend(opsets)
     return TrainResult(model, inputs={"features": ctx.features}, prediction_output="probabilities",
                        tags=["example:sklearn-gbm-onnx"])
