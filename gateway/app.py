@@ -9,7 +9,7 @@ import uvicorn
 from litestar import Litestar
 
 from inferloop.gateway.assembly import assemble
-from inferloop.gateway.lifespan import lifespans
+from inferloop.gateway.lifespan import grpc_listener, lifespans
 from inferloop.gateway.metrics import GatewayMetrics
 from inferloop.gateway.serving.device import DeviceMemory
 from inferloop.gateway.settings import GatewaySettings
@@ -28,9 +28,16 @@ def create_app(settings: GatewaySettings, *, memory: DeviceMemory | None = None)
     plane, parts = assemble(settings, metrics, memory)
     metrics.add_live_state(plane.live_state)
     bodies = BodyReader(settings.server.body_timeout_s)
+    managers = lifespans(plane, parts)
+    grpc = None
+    if settings.server.grpc_port is not None:  # grpc loads only when asked for
+        from inferloop.gateway.transport.grpc_service import GrpcListener
+
+        grpc = GrpcListener(plane)
+        managers.append(grpc_listener(grpc))
     app = Litestar(
         route_handlers=build_routes(plane, AdminGuard(settings.server.admin_token), bodies),
-        lifespan=lifespans(plane, parts),
+        lifespan=managers,
         exception_handlers={Exception: error_response},
         request_max_body_size=settings.server.max_body_bytes,
         openapi_config=None,
@@ -38,6 +45,7 @@ def create_app(settings: GatewaySettings, *, memory: DeviceMemory | None = None)
         debug=False,
     )
     app.state.plane = plane
+    app.state.grpc = grpc  # its `port` once started
     # the inference routes answer before Litestar's router (see inferloop.gateway.transport.inference);
     # Litestar still runs the lifespan and every other route
     routes = app.asgi_handler

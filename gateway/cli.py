@@ -14,6 +14,8 @@ from pathlib import Path
 
 from inferloop.registry import DEFAULT_REGISTRY_URI
 
+DEFAULT_GRPC_PORT = 8001  # Triton's; `--grpc-port` without a value
+
 
 def register_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="serve models over HTTP with hot swap (Open Inference Protocol v2)",
@@ -81,6 +83,14 @@ def register_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--retry-initial", type=float, metavar="S",
                    help="first back-off after a failed load or poll (env INFERLOOP_RETRY_INITIAL, default 1)")
     p.add_argument("--retry-max", type=float, metavar="S", help="longest back-off (env INFERLOOP_RETRY_MAX, default 60)")
+    p.add_argument("--change-record", choices=["on", "off"],
+                   help="follow the registry's change record: one poll per interval whatever the number of models "
+                        "(env INFERLOOP_CHANGE_RECORD, default on)")
+    p.add_argument("--full-scan-interval", type=float, metavar="S",
+                   help="with the change record, read every pointer this often as a safety net "
+                        "(env INFERLOOP_FULL_SCAN_INTERVAL, default 300)")
+    p.add_argument("--max-concurrent-polls", type=int, metavar="N",
+                   help="pointer reads in flight at once (env INFERLOOP_MAX_CONCURRENT_POLLS, default 16)")
     p.add_argument("--swap-wait", type=float, metavar="S",
                    help="how long requests wait during a memory-safe swap (env INFERLOOP_SWAP_WAIT, default 30)")
     p.add_argument("--admin-wait", type=float, metavar="S",
@@ -118,6 +128,20 @@ def register_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--http-fast-path", choices=["on", "off"],
                    help="answer inference requests in the HTTP protocol, without ASGI (env INFERLOOP_HTTP_FAST_PATH, "
                         "default on; off: everything through ASGI)")
+    p.add_argument("--grpc-port", type=int, nargs="?", const=DEFAULT_GRPC_PORT, metavar="PORT",
+                   help="also serve the OIP v2 gRPC service (inference.GRPCInferenceService) on this port; the flag "
+                        f"alone: {DEFAULT_GRPC_PORT}, as Triton (env INFERLOOP_GRPC_PORT; default: no gRPC)")
+    p.add_argument("--grpc-host", metavar="HOST", help="interface of the gRPC listener (env INFERLOOP_GRPC_HOST, "
+                                                        "default: --host)")
+    p.add_argument("--grpc-max-streams", type=int, metavar="N",
+                   help="concurrent RPCs per gRPC connection (env INFERLOOP_GRPC_MAX_STREAMS, default 100)")
+    p.add_argument("--grpc-max-rpcs", type=int, metavar="N",
+                   help="RPCs in progress at most, beyond: RESOURCE_EXHAUSTED (env INFERLOOP_GRPC_MAX_RPCS, "
+                        "default 4096)")
+    p.add_argument("--grpc-keepalive", type=float, metavar="S",
+                   help="ping gRPC connections idle this long (env INFERLOOP_GRPC_KEEPALIVE, default 60)")
+    p.add_argument("--grpc-min-ping-interval", type=float, metavar="S",
+                   help="clients pinging more often get GOAWAY (env INFERLOOP_GRPC_MIN_PING_INTERVAL, default 10)")
     p.add_argument("--no-gc-freeze", dest="gc_freeze", action="store_const", const=False,
                    help="do not freeze start-up objects out of the garbage collector (env INFERLOOP_GC_FREEZE=0)")
 

@@ -2,9 +2,9 @@
 this order and left in reverse (Litestar does both):
 
     registry check → pollers → batchers → prediction log → shadow mirrors and their evaluators
-    → drift watches and their timer → heap freeze
+    → drift watches and their timer → heap freeze → gRPC listener (when --grpc-port is set)
 
-Stopping therefore runs: unfreeze, drift deliveries cancelled, mirrors drain their queues, the
+Stopping therefore runs: gRPC drains its in-flight RPCs, unfreeze, drift deliveries cancelled, mirrors drain their queues, the
 prediction log flushes every record it accepted (so SIGTERM loses none), batchers run what is
 queued, pollers are cancelled and every slot released, executor threads joined, pending audit
 events flushed, registry closed.
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from litestar import Litestar
 
     from inferloop.gateway.assembly import GatewayParts
+    from inferloop.gateway.transport.grpc_service import GrpcListener
 
 log = logging.getLogger("inferloop.gateway")
 
@@ -43,7 +44,7 @@ async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
 
 
 def lifespans(plane: DataPlane, parts: GatewayParts) -> list[Lifespan]:
-    return [registry_and_executors(plane, parts), pollers(plane), batchers(plane), prediction_log(parts),
+    return [registry_and_executors(plane, parts), pollers(plane, parts), batchers(plane), prediction_log(parts),
             shadow_mirrors(plane, parts), drift_watches(plane, parts), frozen_heap(plane)]
 
 
@@ -72,14 +73,17 @@ def registry_and_executors(plane: DataPlane, parts: GatewayParts) -> Lifespan:
     return manage
 
 
-def pollers(plane: DataPlane) -> Lifespan:
-    """One poller task per (model, stage); on the way out every slot is released."""
+def pollers(plane: DataPlane, parts: GatewayParts) -> Lifespan:
+    """One poller task per (model, stage), and the change feed that pokes them; on the way out every
+    slot is released."""
 
     @contextlib.asynccontextmanager
     async def manage(_app: Litestar) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
         tasks = [loop.create_task(poller.run(), name=f"poll-{name}-{stage}")
                  for name, model in plane.models.items() for stage, poller in model.pollers.items()]
+        if parts.change_feed is not None:
+            tasks.append(loop.create_task(parts.change_feed.run(), name="change-feed"))
         try:
             yield
         finally:
@@ -167,6 +171,22 @@ def drift_watches(plane: DataPlane, parts: GatewayParts) -> Lifespan:
                 await watch.close()
             if parts.drift_http is not None:
                 await parts.drift_http.aclose()
+
+    return manage
+
+
+def grpc_listener(listener: GrpcListener) -> Lifespan:
+    """The OIP v2 gRPC listener (--grpc-port): entered last, so it takes RPCs only once everything it
+    serves through runs; left first, so RPCs in flight drain while batchers still answer them. A port
+    that cannot be bound fails start-up (REST never comes up without it)."""
+
+    @contextlib.asynccontextmanager
+    async def manage(_app: Litestar) -> AsyncIterator[None]:
+        await listener.start()
+        try:
+            yield
+        finally:
+            await listener.stop()
 
     return manage
 

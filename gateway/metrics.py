@@ -82,13 +82,16 @@ class _RequestCount:
 
 
 class RequestMetrics(Collector):
-    """`inferloop_requests_total{model,role,code}` and `inferloop_request_duration_seconds{model}`."""
+    """`inferloop_requests_total{model,role,code}` and `inferloop_request_duration_seconds{model}`, and
+    `inferloop_grpc_requests_total{model,code}`: the gRPC share, by gRPC status (a separate family, so
+    the request counter's labels stay what rules and dashboards select on)."""
 
     def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
         self._bounds = np.asarray(buckets, dtype=np.float64)
         self._counts: dict[tuple[str, str, str], float] = {}
         self._durations: dict[str, _Durations] = {}
         self._codes: dict[int, str] = {}
+        self._grpc: dict[tuple[str, str], float] = {}  # (model, gRPC status name): the protocol split
 
     def observe(self, model: str, role: str, code: int, seconds: float | None) -> None:
         text = self._codes.get(code)
@@ -103,6 +106,10 @@ class RequestMetrics(Collector):
             durations.pending.append(seconds)
             if len(durations.pending) >= _Durations.FOLD_AT:
                 durations.fold()
+
+    def observe_grpc(self, model: str, status: str) -> None:
+        key = (model, status)
+        self._grpc[key] = self._grpc.get(key, 0.0) + 1.0
 
     def labels(self, model: str, role: str, code: str) -> _RequestCount:
         return _RequestCount(self._counts, (model, role, str(code)))
@@ -119,7 +126,12 @@ class RequestMetrics(Collector):
             durations.fold()
             cumulative = np.cumsum(durations.counts)
             histogram.add_metric([model], list(zip(edges, cumulative.tolist(), strict=True)), durations.total)
-        return [counter, histogram]
+        grpc = CounterMetricFamily("inferloop_grpc_requests", "Inference requests answered over gRPC (also counted "
+                                   "in inferloop_requests_total, under the HTTP code REST would give)",
+                                   labels=["model", "code"])
+        for grpc_labels, value in sorted(self._grpc.items()):
+            grpc.add_metric(list(grpc_labels), value)
+        return [counter, histogram, grpc]
 
 
 class GatewayMetrics:
@@ -140,6 +152,9 @@ class GatewayMetrics:
                                      ["model", "stage", "phase"], registry=r)
         self.poll_errors = Counter("inferloop_registry_poll_errors", "Stage pointer polls that failed",
                                    ["model", "stage"], registry=r)
+        # every request to the registry's store (get_if_changed = a poll), so polling's cost is visible
+        self.registry_requests = Counter("inferloop_registry_requests", "Requests to the registry store",
+                                         ["op"], registry=r)
         self.observer_errors = Counter("inferloop_batch_observer_errors", "Batch observers that raised",
                                        ["model", "observer"], registry=r)
         # shadow traffic and drift (inferloop.gateway.shadow.mirror, inferloop.gateway.drift.watch)
@@ -183,6 +198,10 @@ class GatewayMetrics:
 
     def count_request(self, model: str, role: str, code: int, seconds: float | None) -> None:
         self.requests.observe(model, role, code, seconds)
+
+    def count_grpc(self, model: str, status: str) -> None:
+        """One gRPC inference answered with `status` (OK, INVALID_ARGUMENT...), besides `count_request`."""
+        self.requests.observe_grpc(model, status)
 
     def serving(self, model: str, stage: str, old_version: int | None, new_version: int | None) -> None:
         if old_version is not None:

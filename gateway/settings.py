@@ -73,6 +73,19 @@ class ServerSettings(Settings, frozen=True):
     http_fast_path: bool = True
     """Answer plain inference requests in uvicorn's HTTP protocol, without ASGI (inferloop.gateway.transport.http_protocol);
     off: every request goes through ASGI (same answers, about half the throughput on one core)."""
+    grpc_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
+    """Serve the OIP v2 gRPC service (inference.GRPCInferenceService) on this port too (0: any free
+    port); unset: no gRPC listener. `inferloop serve --grpc-port` alone means 8001, as Triton."""
+    grpc_host: str | None = None
+    """Interface of the gRPC listener (default: `host`)."""
+    grpc_max_streams: PositiveInt = 100
+    """Concurrent RPCs (HTTP/2 streams) per gRPC connection at most; more wait for a free one."""
+    grpc_max_rpcs: PositiveInt = 4096
+    """RPCs in progress on the gRPC listener at most; beyond it new ones get RESOURCE_EXHAUSTED."""
+    grpc_keepalive_s: Positive = 60.0
+    """The gRPC listener pings a connection idle this long, and drops it if no answer comes in 20 s."""
+    grpc_min_ping_interval_s: Positive = 10.0
+    """Clients pinging more often than this (without calls) get GOAWAY (too_many_pings)."""
     gc_freeze: bool = True
     """Move start-up objects (torch's ~200k) out of the collector's reach, so full collections stay
     short and do not stall queued requests (measured: p99 87 ms -> 9 ms)."""
@@ -88,6 +101,14 @@ class RegistrySettings(Settings, frozen=True):
     retry_initial_s: Positive = 1.0
     """First back-off after a failed load or poll; doubles up to retry_max_s."""
     retry_max_s: Positive = 60.0
+    change_record: bool = True
+    """Follow the registry's change record (one conditional GET per poll interval, whatever the number
+    of models) and read a pointer only when it names it; off, or on a registry without a record:
+    every pointer is polled at poll_interval_s."""
+    full_scan_interval_s: Positive = 300.0
+    """While the change record is followed, every pointer is still read this often (a safety net)."""
+    max_concurrent_polls: PositiveInt = 16
+    """Pointer reads in flight at once over all models (spreads start-up and full scans)."""
 
 
 class BatchingSettings(Settings, frozen=True):
@@ -190,6 +211,12 @@ SOURCES: dict[tuple[str, str], tuple[str, str]] = {
     ("server", "log_level"): ("log_level", "INFERLOOP_LOG_LEVEL"),
     ("server", "access_log"): ("access_log", "INFERLOOP_ACCESS_LOG"),
     ("server", "gc_freeze"): ("gc_freeze", "INFERLOOP_GC_FREEZE"),
+    ("server", "grpc_port"): ("grpc_port", "INFERLOOP_GRPC_PORT"),
+    ("server", "grpc_host"): ("grpc_host", "INFERLOOP_GRPC_HOST"),
+    ("server", "grpc_max_streams"): ("grpc_max_streams", "INFERLOOP_GRPC_MAX_STREAMS"),
+    ("server", "grpc_max_rpcs"): ("grpc_max_rpcs", "INFERLOOP_GRPC_MAX_RPCS"),
+    ("server", "grpc_keepalive_s"): ("grpc_keepalive", "INFERLOOP_GRPC_KEEPALIVE"),
+    ("server", "grpc_min_ping_interval_s"): ("grpc_min_ping_interval", "INFERLOOP_GRPC_MIN_PING_INTERVAL"),
     ("server", "http_fast_path"): ("http_fast_path", "INFERLOOP_HTTP_FAST_PATH"),
     ("registry", "uri"): ("registry", "INFERLOOP_REGISTRY"),
     ("registry", "s3_endpoint"): ("s3_endpoint", "AWS_ENDPOINT_URL"),
@@ -197,6 +224,9 @@ SOURCES: dict[tuple[str, str], tuple[str, str]] = {
     ("registry", "poll_jitter"): ("poll_jitter", "INFERLOOP_POLL_JITTER"),
     ("registry", "retry_initial_s"): ("retry_initial", "INFERLOOP_RETRY_INITIAL"),
     ("registry", "retry_max_s"): ("retry_max", "INFERLOOP_RETRY_MAX"),
+    ("registry", "change_record"): ("change_record", "INFERLOOP_CHANGE_RECORD"),
+    ("registry", "full_scan_interval_s"): ("full_scan_interval", "INFERLOOP_FULL_SCAN_INTERVAL"),
+    ("registry", "max_concurrent_polls"): ("max_concurrent_polls", "INFERLOOP_MAX_CONCURRENT_POLLS"),
     ("batching", "enabled"): ("batching", "INFERLOOP_BATCHING"),
     ("batching", "max_batch_size"): ("max_batch_size", "INFERLOOP_MAX_BATCH_SIZE"),
     ("batching", "max_delay_ms"): ("max_batch_delay_ms", "INFERLOOP_MAX_BATCH_DELAY_MS"),

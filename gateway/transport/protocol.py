@@ -20,7 +20,8 @@ across inputs). The answer holds every output, or those named in `outputs`.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple, TypeVar
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import msgspec
 import numpy as np
@@ -114,6 +115,23 @@ class InferCall(NamedTuple):
     selected: tuple[int, ...] | None = None  # indices of the outputs asked for (None: all)
 
 
+class TensorHead(Protocol):
+    """What every check reads of a sent tensor: a JSON `InferInput`, or a gRPC `InferInputTensor`."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def datatype(self) -> str: ...
+
+    @property
+    def shape(self) -> Sequence[int]: ...
+
+
+# A transport's reader of one tensor's values: (index, tensor) -> its flat values as sent,
+# and whether they are known finite and within float32 (so the tabular path may skip that check).
+ValueReader = Callable[[int, Any], tuple[np.ndarray, bool]]
+
 _T = TypeVar("_T")
 
 _request = msgspec.json.Decoder(InferRequest)
@@ -156,7 +174,7 @@ def check_row_count(n: int, max_rows: int) -> None:
         raise InvalidInput(f"{n} rows exceed the limit of {max_rows} rows per request; split the request")
 
 
-def _check_declared_rows(inputs: list[InferInput], max_rows: int) -> None:
+def _check_declared_rows(inputs: Sequence[TensorHead], max_rows: int) -> None:
     """Refuse a request whose declared shapes exceed the row limit before decoding any data."""
     for tensor in inputs:
         if tensor.shape and isinstance(tensor.shape[0], int) and tensor.shape[0] > max_rows:
@@ -173,17 +191,23 @@ def decode_infer(body: bytes, header_length: int | None, sig: ModelSignature, ma
             return fast
     request, binary = _split_request(body, header_length)
     if not request.inputs:
-        raise InvalidInput("'inputs' is empty: send one tensor of shape [n, "
-                           f"{sig.width}] or one tensor per feature")
-    _check_declared_rows(request.inputs, max_rows)
-    tensors, finite = _input_values(request.inputs, binary)
-    rows = _assemble(request.inputs, tensors, sig)
+        raise no_inputs(sig)
+    return InferCall((tabular_rows(request.inputs, _json_reader(binary), sig, max_rows),), request.id,
+                     *_wanted_outputs(request, sig))
+
+
+def tabular_rows(inputs: Sequence[TensorHead], read: ValueReader, sig: ModelSignature, max_rows: int) -> np.ndarray:
+    """A tabular model's [n, features] float32 rows from the sent tensors (one [n, k] tensor or one per
+    feature), every check made; `read` gives each tensor's values as its transport carries them."""
+    _check_declared_rows(inputs, max_rows)
+    tensors, finite = _input_values(inputs, read)
+    rows = _assemble(inputs, tensors, sig)
     check_row_count(len(rows), max_rows)
     if not finite:
         rows = checked_rows(rows, sig.features)
     elif not rows.flags.c_contiguous:
         rows = np.ascontiguousarray(rows)
-    return InferCall((rows,), request.id, *_wanted_outputs(request, sig))
+    return rows
 
 
 def _split_request(body: bytes, header_length: int | None) -> tuple[InferRequest, bytes | memoryview]:
@@ -198,6 +222,12 @@ def _split_request(body: bytes, header_length: int | None) -> tuple[InferRequest
     return _decode(_request, header, "inference request"), binary
 
 
+def no_inputs(sig: ModelSignature) -> InvalidInput:
+    if sig.tabular:
+        return InvalidInput(f"'inputs' is empty: send one tensor of shape [n, {sig.width}] or one tensor per feature")
+    return InvalidInput(f"'inputs' is empty: this model takes {describe_inputs(sig)}")
+
+
 def describe_inputs(sig: ModelSignature) -> str:
     return ", ".join(f"{t.name} {t.datatype} {t.shape}" for t in sig.inputs)
 
@@ -206,19 +236,26 @@ def decode_tensors(body: bytes, header_length: int | None, sig: ModelSignature, 
     """A request for a model with named tensor inputs: each input by name, datatype and shape checked."""
     request, binary = _split_request(body, header_length)
     if not request.inputs:
-        raise InvalidInput(f"'inputs' is empty: this model takes {describe_inputs(sig)}")
-    _check_declared_rows(request.inputs, max_rows)
+        raise no_inputs(sig)
+    return InferCall(named_tensors(request.inputs, _json_reader(binary), sig, max_rows), request.id,
+                     *_wanted_outputs(request, sig))
+
+
+def named_tensors(inputs: Sequence[TensorHead], read: ValueReader, sig: ModelSignature, max_rows: int
+                  ) -> tuple[np.ndarray, ...]:
+    """The arrays of a model with named tensor inputs, one per signature input in its order: each sent
+    tensor matched by name, its datatype, shape and values checked, batch sizes agreeing."""
+    _check_declared_rows(inputs, max_rows)
     by_name: dict[str, np.ndarray] = {}
-    offset = 0
-    single = len(sig.inputs) == 1 and len(request.inputs) == 1
-    for tensor in request.inputs:
-        index = 0 if single else next((i for i, t in enumerate(sig.inputs) if t.name == tensor.name), None)
+    single = len(sig.inputs) == 1 and len(inputs) == 1
+    for i, tensor in enumerate(inputs):
+        index = 0 if single else next((j for j, t in enumerate(sig.inputs) if t.name == tensor.name), None)
         if index is None:
             raise InvalidInput(f"unknown input {tensor.name!r}: this model takes {describe_inputs(sig)}")
         spec = sig.inputs[index]
         if spec.name in by_name:
             raise InvalidInput(f"input {tensor.name!r} appears twice")
-        values, offset = _tensor_values(tensor, binary, offset, spec.datatype, sig.dtypes[index])
+        values = _tensor_values(i, tensor, read, spec.datatype, sig.dtypes[index])
         _check_shape(tensor.name, values.shape, spec.shape)
         by_name[spec.name] = values
     missing = [t.name for t in sig.inputs if t.name not in by_name]
@@ -230,7 +267,7 @@ def decode_tensors(body: bytes, header_length: int | None, sig: ModelSignature, 
         raise InvalidInput(f"inputs have different batch sizes (axis 0): "
                            f"{ {t.name: len(a) for t, a in zip(sig.inputs, arrays, strict=True)} }")
     check_row_count(len(arrays[0]), max_rows)
-    return InferCall(arrays, request.id, *_wanted_outputs(request, sig))
+    return arrays
 
 
 _FLOAT_WIRE = frozenset({"FP16", "FP32", "FP64"})  # JSON datatypes the one-pass decode takes as they are
@@ -248,36 +285,56 @@ def _json_bools(raw: bytes, name: str) -> np.ndarray:
     return values
 
 
-def _tensor_values(tensor: InferInput, binary: bytes | memoryview, offset: int, declared: str, dtype: np.dtype
-                   ) -> tuple[np.ndarray, int]:
-    """One input's values as an array of the declared dtype, and the next binary offset."""
+def _tensor_values(index: int, tensor: TensorHead, read: ValueReader, declared: str, dtype: np.dtype) -> np.ndarray:
+    """One input's values as an array of the declared dtype and the sent shape."""
     sent = tensor.datatype
     if not (sent == declared or (declared in _FLOATS and (sent in _FLOATS or sent in _INTS))
             or (declared in _INTS and sent in _INTS)):
         raise InvalidInput(f"input {tensor.name!r} has datatype {sent!r}; this model takes {declared}")
-    if any(not isinstance(d, int) or d < 0 for d in tensor.shape):
-        raise InvalidInput(f"input {tensor.name!r} has an invalid shape {tensor.shape}")
-    count = math.prod(tensor.shape)
-    size = (tensor.parameters or {}).get("binary_data_size")
-    if size is not None:
-        wire = "?" if sent == "BOOL" else NUMERIC_DTYPES.get(sent)
-        if wire is None:
-            raise InvalidInput(f"input {tensor.name!r}: datatype {sent!r} cannot travel as binary data")
-        values = _binary_values(tensor, binary, offset, size, count, wire)
-        offset += size
-    elif len(tensor.data):
-        raw = bytes(tensor.data)
-        if sent == "BOOL":
-            values = _json_bools(raw, tensor.name)
-        else:
-            values, _ = _json_values(tensor)
-            _check_sent_integers(tensor.name, sent, values)
-    else:
-        raise InvalidInput(f"input {tensor.name!r} has no 'data' (and no binary_data_size)")
+    shape = _valid_shape(tensor)
+    values, _ = read(index, tensor)
+    return _as_declared(tensor.name, _sized(tensor, shape, values), dtype)
+
+
+def _valid_shape(tensor: TensorHead) -> list[int]:
+    shape = list(tensor.shape)
+    if any(not isinstance(d, int) or d < 0 for d in shape):
+        raise InvalidInput(f"input {tensor.name!r} has an invalid shape {shape}")
+    return shape
+
+
+def _sized(tensor: TensorHead, shape: list[int], values: np.ndarray) -> np.ndarray:
+    count = math.prod(shape)
     if values.size != count:
-        raise InvalidInput(f"input {tensor.name!r} has shape {tensor.shape} ({count} values) but its data holds "
+        raise InvalidInput(f"input {tensor.name!r} has shape {shape} ({count} values) but its data holds "
                            f"{values.size} values")
-    return _as_declared(tensor.name, values.reshape(tensor.shape), dtype), offset
+    return values.reshape(shape)
+
+
+def _json_reader(binary: bytes | memoryview) -> ValueReader:
+    """Values of JSON request tensors: in `data`, or in the binary part after the JSON (read in order)."""
+    offset = 0
+
+    def read(_index: int, tensor: InferInput) -> tuple[np.ndarray, bool]:
+        nonlocal offset
+        sent = tensor.datatype
+        size = (tensor.parameters or {}).get("binary_data_size")
+        if size is not None:
+            wire = "?" if sent == "BOOL" else NUMERIC_DTYPES.get(sent)
+            if wire is None:
+                raise InvalidInput(f"input {tensor.name!r}: datatype {sent!r} cannot travel as binary data")
+            values = binary_values(tensor, binary, offset, size, wire)
+            offset += size
+            return values, False
+        if len(tensor.data):
+            if sent == "BOOL":
+                return _json_bools(bytes(tensor.data), tensor.name), False
+            values, finite = _json_values(tensor)
+            check_sent_integers(tensor.name, sent, values)
+            return values, finite
+        raise InvalidInput(f"input {tensor.name!r} has no 'data' (and no binary_data_size)")
+
+    return read
 
 
 def _as_declared(name: str, values: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -323,39 +380,23 @@ def _decode_single_flat(body: bytes, sig: ModelSignature, max_rows: int) -> Infe
     return InferCall((np.array(data, dtype=np.float32).reshape(shape),), request.id, *_wanted_outputs(request, sig))
 
 
-def _input_values(inputs: list[InferInput], binary: bytes | memoryview) -> tuple[list[np.ndarray], bool]:
+def _input_values(inputs: Sequence[TensorHead], read: ValueReader) -> tuple[list[np.ndarray], bool]:
     """Each input's values reshaped to its shape, and whether they are all known finite float32
     already (JSON numbers are finite by construction, so only float32 overflow needs a look)."""
     out = []
     checked = True
-    offset = 0
-    for tensor in inputs:
-        dtype = NUMERIC_DTYPES.get(tensor.datatype)
-        if dtype is None:
+    for i, tensor in enumerate(inputs):
+        if tensor.datatype not in NUMERIC_DTYPES:
             raise InvalidInput(f"input {tensor.name!r} has datatype {tensor.datatype!r}; this model takes numeric "
                                f"tensors ({', '.join(NUMERIC_DTYPES)}), preferably FP32")
-        if any(not isinstance(d, int) or d < 0 for d in tensor.shape):
-            raise InvalidInput(f"input {tensor.name!r} has an invalid shape {tensor.shape}")
-        count = math.prod(tensor.shape)
-        size = (tensor.parameters or {}).get("binary_data_size")
-        if size is not None:
-            values = _binary_values(tensor, binary, offset, size, count, dtype).astype(np.float64)
-            offset += size
-            checked = False
-        elif len(tensor.data):
-            values, finite = _json_values(tensor)
-            _check_sent_integers(tensor.name, tensor.datatype, values)
-            checked = checked and finite
-        else:
-            raise InvalidInput(f"input {tensor.name!r} has no 'data' (and no binary_data_size)")
-        if values.size != count:
-            raise InvalidInput(f"input {tensor.name!r} has shape {tensor.shape} ({count} values) but its data holds "
-                               f"{values.size} values")
-        out.append(values.reshape(tensor.shape))
+        shape = _valid_shape(tensor)
+        values, finite = read(i, tensor)
+        checked = checked and finite
+        out.append(_sized(tensor, shape, values if finite else values.astype(np.float64)))
     return out, checked
 
 
-def _check_sent_integers(name: str, datatype: str, values: np.ndarray) -> None:
+def check_sent_integers(name: str, datatype: str, values: np.ndarray) -> None:
     """JSON numbers sent as an integer datatype must be integers in its range: INT8 300 or 1.5 is a
     client's bug to report, not a value to cast."""
     if datatype not in _INTS or not values.size:
@@ -367,15 +408,18 @@ def _check_sent_integers(name: str, datatype: str, values: np.ndarray) -> None:
         raise InvalidInput(f"input {name!r} holds values outside the {datatype} range [{info.min}, {info.max}]")
 
 
-def _binary_values(tensor: InferInput, binary: bytes | memoryview, offset: int, size: object, count: int,
-                   dtype: str) -> np.ndarray:
+def binary_values(tensor: TensorHead, binary: bytes | memoryview, offset: int, size: object, dtype: str,
+                  what: str = "binary_data_size is") -> np.ndarray:
+    """A tensor's values from raw little-endian bytes (`size` of them at `offset`), the size checked
+    against its shape: Triton's binary extension over HTTP, `raw_input_contents` over gRPC."""
     if not isinstance(size, int) or size < 0 or offset + size > len(binary):
         raise InvalidInput(f"input {tensor.name!r}: binary_data_size {size!r} does not fit the "
                            f"{len(binary)} bytes after the JSON header")
+    count = math.prod(_valid_shape(tensor))
     itemsize = np.dtype(dtype).itemsize
     if size != count * itemsize:
-        raise InvalidInput(f"input {tensor.name!r}: shape {tensor.shape} of {tensor.datatype} needs "
-                           f"{count * itemsize} bytes, binary_data_size is {size}")
+        raise InvalidInput(f"input {tensor.name!r}: shape {list(tensor.shape)} of {tensor.datatype} needs "
+                           f"{count * itemsize} bytes, {what} {size}")
     return np.frombuffer(binary[offset:offset + size], dtype=dtype)
 
 
@@ -393,12 +437,12 @@ def _json_values(tensor: InferInput) -> tuple[np.ndarray, bool]:
     return np.array(flat, dtype=np.float32), True
 
 
-def _assemble(inputs: list[InferInput], tensors: list[np.ndarray], sig: ModelSignature) -> np.ndarray:
+def _assemble(inputs: Sequence[TensorHead], tensors: list[np.ndarray], sig: ModelSignature) -> np.ndarray:
     width = sig.width
     if len(inputs) == 1 and len(tensors[0].shape) != 1:
         (tensor,), (values,) = inputs, tensors
         if values.ndim != 2 or values.shape[1] != width:
-            raise InvalidInput(f"input {tensor.name!r} has shape {tensor.shape}; this model takes [n, {width}] "
+            raise InvalidInput(f"input {tensor.name!r} has shape {list(tensor.shape)}; this model takes [n, {width}] "
                                f"(features: {', '.join(sig.features)})")
         return values
     # one tensor per feature
@@ -412,7 +456,8 @@ def _assemble(inputs: list[InferInput], tensors: list[np.ndarray], sig: ModelSig
         if values.ndim == 2 and values.shape[1] == 1:
             values = values[:, 0]
         if values.ndim != 1:
-            raise InvalidInput(f"input {tensor.name!r} has shape {tensor.shape}; a per-feature tensor is [n] or [n, 1]")
+            raise InvalidInput(f"input {tensor.name!r} has shape {list(tensor.shape)}; a per-feature tensor is [n] or "
+                               "[n, 1]")
         by_name[tensor.name] = values
     missing = [f for f in sig.features if f not in by_name]
     if missing:
@@ -426,19 +471,38 @@ def _assemble(inputs: list[InferInput], tensors: list[np.ndarray], sig: ModelSig
 def _wanted_outputs(request: InferRequest | FlatRequest, sig: ModelSignature) -> tuple[bool, tuple[int, ...] | None]:
     """Whether outputs travel as binary data, and which outputs were asked for (None: all)."""
     if request.outputs:
-        names = [t.name for t in sig.output_specs]
-        selected = []
-        for out in request.outputs:
-            if out.name not in names:
-                raise InvalidInput(f"unknown output {out.name!r}: this model gives {', '.join(map(repr, names))}")
-            selected.append(names.index(out.name))
-        return any(bool((o.parameters or {}).get("binary_data")) for o in request.outputs), tuple(selected)
+        selected = selected_outputs((o.name for o in request.outputs), sig)
+        return any(bool((o.parameters or {}).get("binary_data")) for o in request.outputs), selected
     return bool((request.parameters or {}).get("binary_data_output")), None
+
+
+def selected_outputs(wanted: Iterable[str], sig: ModelSignature) -> tuple[int, ...]:
+    """Indices of the outputs asked for by name, in the order asked."""
+    names = [t.name for t in sig.output_specs]
+    selected = []
+    for name in wanted:
+        if name not in names:
+            raise InvalidInput(f"unknown output {name!r}: this model gives {', '.join(map(repr, names))}")
+        selected.append(names.index(name))
+    return tuple(selected)
 
 
 DATATYPE_OF = {"float32": "FP32", "float16": "FP16", "float64": "FP64", "int64": "INT64", "int32": "INT32",
                "int16": "INT16", "int8": "INT8", "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32",
                "uint64": "UINT64", "bool": "BOOL"}
+
+
+def output_wire(out: np.ndarray) -> tuple[str, np.ndarray]:
+    """An output's OIP datatype, and the array to send (an unnamed dtype goes as FP32)."""
+    datatype = DATATYPE_OF.get(out.dtype.name, "FP32")
+    if datatype == "FP32" and out.dtype.name != "float32":
+        out = out.astype(np.float32)
+    return datatype, out
+
+
+def raw_bytes(out: np.ndarray) -> bytes:
+    """Flat, row-major, little-endian: the binary extension's and gRPC raw contents' layout."""
+    return np.ascontiguousarray(out, dtype=out.dtype.newbyteorder("<")).tobytes()
 
 
 def encode_infer(model: str, version: int, request_id: str | None, outputs: tuple[np.ndarray, ...],
@@ -451,12 +515,9 @@ def encode_infer(model: str, version: int, request_id: str | None, outputs: tupl
         return _encoder.encode(InferResponse(model, str(version), [tensor], request_id)), None
     tensors, raws = [], []
     for i in selected if selected is not None else range(len(outputs)):
-        out = outputs[i]
-        datatype = DATATYPE_OF.get(out.dtype.name, "FP32")
-        if datatype == "FP32" and out.dtype.name != "float32":
-            out = out.astype(np.float32)
+        datatype, out = output_wire(outputs[i])
         if binary:
-            raw = np.ascontiguousarray(out, dtype=out.dtype.newbyteorder("<")).tobytes()
+            raw = raw_bytes(out)
             raws.append(raw)
             tensors.append(OutputTensor(names[i], datatype, list(out.shape), parameters={"binary_data_size": len(raw)}))
         else:
