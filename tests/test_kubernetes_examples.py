@@ -243,6 +243,15 @@ def test_images_pin_torch_from_the_right_index_and_run_as_non_root() -> None:
                    ["runAsUser"]) == user[-1]
 
 
+def test_deploy_doc_names_only_flags_and_variables_that_exist() -> None:
+    doc = (ROOT / "docs" / "deploy.md").read_text()
+    known = _help("serve") + _help("trainer", "serve") + (ROOT / "trainer" / "app.py").read_text()
+    for flag in set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", doc)):
+        assert re.search(rf"(?<![\w-]){flag}(?![\w-])", known), flag
+    for name in _env_in(doc) - {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}:  # read by botocore itself
+        assert name in known or name in (ROOT / "registry" / "store" / "s3.py").read_text(), name
+
+
 class _BlockDumper(yaml.SafeDumper):
     """Multi-line strings (the PromQL expressions) as literal blocks, as in rules.yml."""
 
