@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from inferloop.registry import layout
+from inferloop.registry import change_record, layout
 from inferloop.registry.errors import Conflict, CorruptArtifact, NotFound, RegistryError
 from inferloop.registry.failpoints import failpoint
 from inferloop.registry.manifest import (
@@ -41,6 +41,7 @@ from inferloop.registry.manifest import (
 )
 from inferloop.registry.names import STAGES, check_model_name, check_stage, check_version
 from inferloop.registry.store import ObjectStore, open_store
+from inferloop.registry.store.counting import CountingStore
 
 POINTER_HISTORY = 100  # versions remembered per pointer for walk-back rollbacks
 POINTER_ABSENT = "absent"  # the ETag `poll_pointer` reports for a pointer object that does not exist
@@ -114,8 +115,11 @@ class AsyncRegistry:
         self._logged_moves: set[str] = set()  # move ids this process has logged itself
 
     @classmethod
-    def open(cls, uri: str, *, s3_endpoint: str | None = None) -> AsyncRegistry:
-        return cls(open_store(uri, s3_endpoint=s3_endpoint))
+    def open(cls, uri: str, *, s3_endpoint: str | None = None,
+             count_requests: Callable[[str], None] | None = None) -> AsyncRegistry:
+        """`count_requests(op)` is called for every store request (get, get_if_changed, exists, ...)."""
+        store = open_store(uri, s3_endpoint=s3_endpoint)
+        return cls(store if count_requests is None else CountingStore(store, count_requests))
 
     async def check(self) -> None:
         await self.store.check()
@@ -353,6 +357,7 @@ class AsyncRegistry:
         )
         await self.store.put_if_match(layout.stage(name, stage), encode(pointer), etag)
         failpoint("promote.after_pointer")
+        await self._record_change(name, stage, pointer)
         await self._log_move(name, stage, pointer, details=details, start=start)
         return pointer
 
@@ -372,6 +377,7 @@ class AsyncRegistry:
                           history=[*current.history, current_version][-POINTER_HISTORY:], log_seq=start[0],
                           kind="cleared")
         await self.store.put_if_match(layout.stage(name, stage), encode(pointer), etag)
+        await self._record_change(name, stage, pointer)
         await self._log_move(name, stage, pointer, start=start)
         return pointer
 
@@ -393,6 +399,15 @@ class AsyncRegistry:
                 history = history[: len(history) - 1 - history[::-1].index(target)]
         return await self.promote(name, target, stage, actor=actor, reason=reason, expected_version=current.version,
                                   kind="rolled_back", _history=history)
+
+    # -- the registry-wide change record (registry.change_record) -------------------------------
+    async def _record_change(self, name: str, stage: str, pointer: Pointer) -> None:
+        await change_record.record_change(self.store, name, stage, pointer.move_id, pointer.version,
+                                          pointer.updated_at)
+
+    async def poll_changes(self, etag: str | None = None) -> change_record.ChangeState | None:
+        """Conditional GET of the change record for pollers: None when unchanged since `etag`."""
+        return await change_record.poll_changes(self.store, etag)
 
     # -- audit log ----------------------------------------------------------------------------
     async def append_event(self, name: str, kind: str, **fields: Any) -> Event:
@@ -432,6 +447,7 @@ class AsyncRegistry:
         exists now, so no event of the next move can be at or before it: that move's `log_seq`."""
         pos: tuple[int, str | None] | None = None
         if current is not None and current.move_id and current.move_id not in self._logged_moves:
+            await self._record_change(name, stage, current)  # its writer may have died before that too
             if current.log_seq is None:
                 await self._log_legacy_move_if_missing(name, stage, current)
             else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from inferloop.registry.names import check_digest, check_model_name, check_stage, check_version
 
 MODELS = "models/"
+CHANGES = "changes.json"  # the registry-wide change record (registry.change_record)
 
 
 def blob(digest: str) -> str:

@@ -208,3 +208,23 @@ encoder = msgspec.json.Encoder(order="sorted")
 def encode(obj: Any) -> bytes:
     """Canonical JSON (sorted keys) so identical content gives identical bytes and digests."""
     return encoder.encode(obj)
+
+
+class Change(Struct, frozen=True):
+    """One pointer move in the registry-wide change record."""
+
+    generation: int
+    model: str
+    stage: str
+    move_id: str
+    version: int | None
+    at: str
+
+
+class ChangeRecord(Struct, frozen=True):
+    """`changes.json`: advanced (compare-and-swap) after every pointer move, so a replica polls this
+    one object instead of every pointer. `changes` holds the newest moves, oldest first; a reader whose
+    last generation is older than the first entry missed some and reads every pointer."""
+
+    generation: int = 0
+    changes: list[Change] = []
