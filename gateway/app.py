@@ -46,6 +46,7 @@ def create_app(settings: GatewaySettings, *, memory: DeviceMemory | None = None)
     )
     app.state.plane = plane
     app.state.grpc = grpc  # its `port` once started
+    app.state.change_feed = parts.change_feed
     # the inference routes answer before Litestar's router (see inferloop.gateway.transport.inference);
     # Litestar still runs the lifespan and every other route
     routes = app.asgi_handler

@@ -8,7 +8,9 @@ lifespan managers (`inferloop.gateway.lifespan`) do that, in order, and undo it 
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import msgspec
@@ -18,6 +20,7 @@ from inferloop.gateway.drift.watch import DriftWatch
 from inferloop.gateway.metrics import GatewayMetrics
 from inferloop.gateway.serving.batcher import MicroBatcher
 from inferloop.gateway.serving.blob_cache import BlobCache
+from inferloop.gateway.serving.change_feed import ChangeFeed
 from inferloop.gateway.serving.dataplane import (
     PRIMARY_STAGE,
     SHADOW_STAGE,
@@ -49,6 +52,7 @@ class GatewayParts:
     drift_http: httpx.AsyncClient | None  # only with drift monitoring on
     mirrors: list[ShadowMirror] = field(default_factory=list)
     watches: list[DriftWatch] = field(default_factory=list)
+    change_feed: ChangeFeed | None = None  # with `registry.change_record` on
 
 
 def read_policies(directory: str | None, models: tuple[str, ...]) -> dict[str, Policy]:
@@ -86,7 +90,16 @@ def _monitor_policy(policy: Policy | None, settings: GatewaySettings) -> tuple[M
 def assemble(settings: GatewaySettings, metrics: GatewayMetrics,
              memory: DeviceMemory | None = None) -> tuple[DataPlane, GatewayParts]:
     runtime, policies = settings.runtime, read_policies(settings.drift.policies, settings.models)
-    registry = AsyncRegistry.open(settings.registry.uri, s3_endpoint=settings.registry.s3_endpoint)
+    counters: dict[str, Any] = {}
+
+    def count_request(op: str) -> None:
+        counter = counters.get(op)
+        if counter is None:
+            counter = counters[op] = metrics.registry_requests.labels(op)
+        counter.inc()
+
+    registry = AsyncRegistry.open(settings.registry.uri, s3_endpoint=settings.registry.s3_endpoint,
+                                  count_requests=count_request)
     events = EventRecorder(registry)
     device = resolve_device(runtime.device)
     parts = GatewayParts(
@@ -99,6 +112,7 @@ def assemble(settings: GatewaySettings, metrics: GatewayMetrics,
     blobs = BlobCache(registry, runtime.cache_dir, runtime.cache_max_bytes)
     loader = SlotLoader(blobs, parts.load_executor, device)
     memory = memory or DeviceMemory()
+    poll_limit = asyncio.Semaphore(settings.registry.max_concurrent_polls)
     models: dict[str, ServedModel] = {}
     for name in dict.fromkeys(settings.models):  # a name given twice is served once
         stages: dict[str, ModelStage] = {}
@@ -110,7 +124,7 @@ def assemble(settings: GatewaySettings, metrics: GatewayMetrics,
                                cache_versions=runtime.cache_versions if stage_name == PRIMARY_STAGE else 0,
                                headroom_bytes=runtime.load_headroom_bytes)
             stages[stage_name] = stage
-            pollers[stage_name] = StagePoller(registry, stage, settings.registry, metrics)
+            pollers[stage_name] = StagePoller(registry, stage, settings.registry, metrics, limit=poll_limit)
         primary = stages[PRIMARY_STAGE]
         policy = policies.get(name)
         shadow: ShadowPart = ShadowDisabled(name)
@@ -129,4 +143,7 @@ def assemble(settings: GatewaySettings, metrics: GatewayMetrics,
         batcher = MicroBatcher(primary, parts.infer_executor, settings.batching, metrics)
         models[name] = ServedModel(name, stages, pollers, batcher, shadow, drift, policy)
     plane = DataPlane(settings, metrics, registry=registry, events=events, device=device, models=models)
+    if settings.registry.change_record:
+        parts.change_feed = ChangeFeed(registry, [p for m in models.values() for p in m.pollers.values()],
+                                       settings.registry)
     return plane, parts

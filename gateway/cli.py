@@ -83,6 +83,14 @@ def register_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--retry-initial", type=float, metavar="S",
                    help="first back-off after a failed load or poll (env INFERLOOP_RETRY_INITIAL, default 1)")
     p.add_argument("--retry-max", type=float, metavar="S", help="longest back-off (env INFERLOOP_RETRY_MAX, default 60)")
+    p.add_argument("--change-record", choices=["on", "off"],
+                   help="follow the registry's change record: one poll per interval whatever the number of models "
+                        "(env INFERLOOP_CHANGE_RECORD, default on)")
+    p.add_argument("--full-scan-interval", type=float, metavar="S",
+                   help="with the change record, read every pointer this often as a safety net "
+                        "(env INFERLOOP_FULL_SCAN_INTERVAL, default 300)")
+    p.add_argument("--max-concurrent-polls", type=int, metavar="N",
+                   help="pointer reads in flight at once (env INFERLOOP_MAX_CONCURRENT_POLLS, default 16)")
     p.add_argument("--swap-wait", type=float, metavar="S",
                    help="how long requests wait during a memory-safe swap (env INFERLOOP_SWAP_WAIT, default 30)")
     p.add_argument("--admin-wait", type=float, metavar="S",

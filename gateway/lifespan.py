@@ -44,7 +44,7 @@ async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
 
 
 def lifespans(plane: DataPlane, parts: GatewayParts) -> list[Lifespan]:
-    return [registry_and_executors(plane, parts), pollers(plane), batchers(plane), prediction_log(parts),
+    return [registry_and_executors(plane, parts), pollers(plane, parts), batchers(plane), prediction_log(parts),
             shadow_mirrors(plane, parts), drift_watches(plane, parts), frozen_heap(plane)]
 
 
@@ -73,14 +73,17 @@ def registry_and_executors(plane: DataPlane, parts: GatewayParts) -> Lifespan:
     return manage
 
 
-def pollers(plane: DataPlane) -> Lifespan:
-    """One poller task per (model, stage); on the way out every slot is released."""
+def pollers(plane: DataPlane, parts: GatewayParts) -> Lifespan:
+    """One poller task per (model, stage), and the change feed that pokes them; on the way out every
+    slot is released."""
 
     @contextlib.asynccontextmanager
     async def manage(_app: Litestar) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
         tasks = [loop.create_task(poller.run(), name=f"poll-{name}-{stage}")
                  for name, model in plane.models.items() for stage, poller in model.pollers.items()]
+        if parts.change_feed is not None:
+            tasks.append(loop.create_task(parts.change_feed.run(), name="change-feed"))
         try:
             yield
         finally:

@@ -152,6 +152,9 @@ class GatewayMetrics:
                                      ["model", "stage", "phase"], registry=r)
         self.poll_errors = Counter("inferloop_registry_poll_errors", "Stage pointer polls that failed",
                                    ["model", "stage"], registry=r)
+        # every request to the registry's store (get_if_changed = a poll), so polling's cost is visible
+        self.registry_requests = Counter("inferloop_registry_requests", "Requests to the registry store",
+                                         ["op"], registry=r)
         self.observer_errors = Counter("inferloop_batch_observer_errors", "Batch observers that raised",
                                        ["model", "observer"], registry=r)
         # shadow traffic and drift (inferloop.gateway.shadow.mirror, inferloop.gateway.drift.watch)

@@ -101,6 +101,14 @@ class RegistrySettings(Settings, frozen=True):
     retry_initial_s: Positive = 1.0
     """First back-off after a failed load or poll; doubles up to retry_max_s."""
     retry_max_s: Positive = 60.0
+    change_record: bool = True
+    """Follow the registry's change record (one conditional GET per poll interval, whatever the number
+    of models) and read a pointer only when it names it; off, or on a registry without a record:
+    every pointer is polled at poll_interval_s."""
+    full_scan_interval_s: Positive = 300.0
+    """While the change record is followed, every pointer is still read this often (a safety net)."""
+    max_concurrent_polls: PositiveInt = 16
+    """Pointer reads in flight at once over all models (spreads start-up and full scans)."""
 
 
 class BatchingSettings(Settings, frozen=True):
@@ -216,6 +224,9 @@ SOURCES: dict[tuple[str, str], tuple[str, str]] = {
     ("registry", "poll_jitter"): ("poll_jitter", "INFERLOOP_POLL_JITTER"),
     ("registry", "retry_initial_s"): ("retry_initial", "INFERLOOP_RETRY_INITIAL"),
     ("registry", "retry_max_s"): ("retry_max", "INFERLOOP_RETRY_MAX"),
+    ("registry", "change_record"): ("change_record", "INFERLOOP_CHANGE_RECORD"),
+    ("registry", "full_scan_interval_s"): ("full_scan_interval", "INFERLOOP_FULL_SCAN_INTERVAL"),
+    ("registry", "max_concurrent_polls"): ("max_concurrent_polls", "INFERLOOP_MAX_CONCURRENT_POLLS"),
     ("batching", "enabled"): ("batching", "INFERLOOP_BATCHING"),
     ("batching", "max_batch_size"): ("max_batch_size", "INFERLOOP_MAX_BATCH_SIZE"),
     ("batching", "max_delay_ms"): ("max_batch_delay_ms", "INFERLOOP_MAX_BATCH_DELAY_MS"),

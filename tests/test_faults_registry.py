@@ -185,14 +185,16 @@ def test_cli_promote_killed_after_moving_the_pointer(tmp_path: Path) -> None:
     """Observed: `inferloop registry promote` SIGKILLed right after its
     compare-and-swap (failpoint `promote.after_pointer`) leaves a pointer to a complete version
     (manifest and blob present, `verify` reports only the missing `promoted` event); a running
-    gateway serves that version with no failed prediction; the next CLI promote records the
-    interrupted move and `verify` is clean again. (The same kill through the Python API, on both
-    backends: test_registry_processes.py.)"""
+    gateway serves that version with no failed prediction (the killed writer never advanced the
+    change record: the gateway's safety-net scan, `--full-scan-interval`, finds the move); the next
+    CLI promote records the interrupted move and `verify` is clean again. (The same kill through the
+    Python API, on both backends: test_registry_processes.py.)"""
     registry_uri = f"file://{tmp_path / 'registry'}"
     with Registry.open(registry_uri) as reg:
         v1, v2 = register_tiny(reg, MODEL, seed=1), register_tiny(reg, MODEL, seed=2)
         reg.promote(MODEL, v1, "production")
-    gw = ServeProcess(tmp_path, ["--registry", registry_uri, "--model", MODEL, "--cache-dir", str(tmp_path / "c")])
+    gw = ServeProcess(tmp_path, ["--registry", registry_uri, "--model", MODEL, "--cache-dir", str(tmp_path / "c"),
+                                 "--full-scan-interval", "2"])
     with running(gw):
         gw.wait_ready()
         with Load(gw.url, MODEL, threads=2) as load:

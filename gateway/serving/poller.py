@@ -2,7 +2,8 @@
 
 Each round is one conditional GET (ETag; S3 answers 304, the file store compares a stat), so an
 unchanged pointer costs almost nothing and nothing is ever listed. Rounds are `interval × (1 ±
-jitter)` apart. A version that fails to load is retried with exponential back-off while the old
+jitter)` apart; while the registry has a change record, `ChangeFeed` stretches the interval to a
+slow safety net and pokes the poller when the record names its pointer. A version that fails to load is retried with exponential back-off while the old
 version keeps serving; a registry that cannot be reached only counts errors and backs off.
 `poke()` starts a round at once (the admin endpoints use it after moving a pointer).
 
@@ -35,8 +36,15 @@ log = logging.getLogger("inferloop.gateway")
 
 class StagePoller:
     def __init__(self, registry: AsyncRegistry, stage: ModelStage, settings: RegistrySettings,
-                 metrics: GatewayMetrics, rng: random.Random | None = None) -> None:
+                 metrics: GatewayMetrics, rng: random.Random | None = None,
+                 limit: asyncio.Semaphore | None = None) -> None:
         self.registry = registry
+        # seconds between rounds: the poll interval, or the slow safety-net interval while a
+        # `ChangeFeed` follows the registry's change record and pokes this poller when it must look
+        self.interval_s = settings.poll_interval_s
+        # shared by every poller of the gateway: at most that many pointer reads at once (start-up
+        # with thousands of models, or a full scan, is spread out instead of a burst)
+        self._limit = limit or asyncio.Semaphore(settings.max_concurrent_polls)
         self.stage = stage
         self.settings = settings
         self.metrics = metrics
@@ -79,13 +87,14 @@ class StagePoller:
 
     def _interval(self) -> float:
         j = self.settings.poll_jitter
-        return self.settings.poll_interval_s * self._rng.uniform(1 - j, 1 + j)
+        return self.interval_s * self._rng.uniform(1 - j, 1 + j)
 
     async def poll_once(self) -> float:
         """One round; returns how long to wait before the next."""
         name, stage = self.stage.name, self.stage.stage
         try:
-            state = await self.registry.poll_pointer(name, stage, self.etag)
+            async with self._limit:
+                state = await self.registry.poll_pointer(name, stage, self.etag)
         except RegistryError as exc:
             self.errors += 1
             self.metrics.poll_errors.labels(name, stage).inc()

@@ -1,0 +1,99 @@
+"""`ChangeFeed`: follow the registry's change record so that polling costs one conditional GET per
+interval whatever the number of served models (`registry.change_record`).
+
+While the record exists, each `StagePoller` slows to `full_scan_interval_s` (a safety net for a
+writer that died between moving a pointer and advancing the record) and the feed pokes the pollers
+of exactly the (model, stage) pairs the record names. Any doubt wakes every poller at once: the first
+sight of the record, a gap (more moves than the record keeps), a record that went backwards. Without
+a record (a registry written by an older inferloop) the pollers keep their own interval, as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Iterable
+
+from inferloop.gateway.serving.poller import StagePoller
+from inferloop.gateway.settings import RegistrySettings
+from inferloop.registry import AsyncRegistry, RegistryError
+from inferloop.registry.change_record import changed_since
+
+log = logging.getLogger("inferloop.gateway")
+
+
+class ChangeFeed:
+    def __init__(self, registry: AsyncRegistry, pollers: Iterable[StagePoller], settings: RegistrySettings,
+                 rng: random.Random | None = None) -> None:
+        self.registry = registry
+        self.settings = settings
+        self.pollers = {(p.stage.name, p.stage.stage): p for p in pollers}
+        self._rng = rng or random.Random()
+        self.etag: str | None = None
+        self.generation: int | None = None  # the record's generation every poller has caught up with
+        self.live = False  # the registry has a record and the pollers follow it
+        self.rounds = 0
+        self.pokes = 0
+        self.full_scans = 0
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.poll_once()
+            except asyncio.CancelledError:
+                raise
+            except RegistryError as exc:
+                # doubt: the pollers take over at their own interval (and count, log and back off
+                # while the registry is away); the next record read wakes them all and resumes
+                log.debug("change record poll failed: %s", exc)
+                self.etag, self.generation = None, None
+                self._follow(False)
+            except Exception:  # noqa: BLE001 - the feed must outlive any single bad round
+                log.exception("change feed: unexpected error")
+            j = self.settings.poll_jitter
+            await asyncio.sleep(self.settings.poll_interval_s * self._rng.uniform(1 - j, 1 + j))
+
+    async def poll_once(self) -> None:
+        state = await self.registry.poll_changes(self.etag)
+        self.rounds += 1
+        if state is None:
+            return  # unchanged
+        self.etag = state.etag
+        record = state.record
+        if record is None:
+            if self.live:
+                log.warning("the registry's change record disappeared: every pointer is polled again")
+            self._follow(False)
+            self.generation = None
+            return
+        changed = changed_since(record, self.generation) if self.generation is not None else None
+        if changed is None:  # first sight, a gap, or a record that went backwards: read every pointer
+            self.full_scans += 1
+            self._poke(self.pollers.values())
+        else:
+            self._poke(p for key, p in self.pollers.items() if key in changed)
+        self.generation = record.generation
+        self._follow(True)
+
+    def _poke(self, pollers: Iterable[StagePoller]) -> None:
+        for poller in pollers:
+            self.pokes += 1
+            poller.poke()
+
+    def _follow(self, live: bool) -> None:
+        if live == self.live:
+            return
+        self.live = live
+        interval = self.settings.full_scan_interval_s if live else self.settings.poll_interval_s
+        for poller in self.pollers.values():
+            poller.interval_s = max(interval, self.settings.poll_interval_s)
+        if not live:
+            self._poke(self.pollers.values())  # they sleep the long interval: wake them to poll again
+        if live:
+            log.info("following the registry's change record: %d pointer(s) read every %gs as a safety net",
+                     len(self.pollers), interval)
+
+    def describe(self) -> dict[str, object]:
+        return {"change_record": self.live, "generation": self.generation, "rounds": self.rounds,
+                "full_scans": self.full_scans}
