@@ -131,7 +131,7 @@ def assemble(settings: GatewaySettings, metrics: GatewayMetrics,
         if parts.shadow_executor is not None:
             rules = policy.shadow if policy and policy.shadow else ShadowPolicy()
             mirror = ShadowMirror(name, stages[SHADOW_STAGE], parts.shadow_executor, settings.shadow, rules, metrics,
-                                  parts.prediction_log, primary)
+                                  parts.prediction_log, primary, events)
             parts.mirrors.append(mirror)
             shadow = mirror
         drift: DriftPart = DriftDisabled(name)

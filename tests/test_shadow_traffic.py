@@ -135,8 +135,9 @@ def test_a_failing_shadow_changes_no_primary_response(tmp_path, kind) -> None:
 
 def test_a_shadow_with_another_signature_is_refused_and_production_is_untouched(tmp_path) -> None:
     """Observed: a shadow that takes 9 features beside a production that takes 8 gets none of the
-    mirrored requests (all dropped as `signature_mismatch`, counted in the metric); production answers
-    all 100 requests unchanged."""
+    mirrored requests (all dropped as `signature_mismatch`, counted in the metric, and one
+    `shadow_evaluated` audit event with verdict `refused`); production answers all 100 requests
+    unchanged."""
     uri = f"file://{tmp_path / 'registry'}"
     with Registry.open(uri) as reg:
         v1 = register_tiny(reg, "m", 1)
@@ -150,6 +151,11 @@ def test_a_shadow_with_another_signature_is_refused_and_production_is_untouched(
         metrics = gw.client.get("/metrics").text
     assert len(answers) == 100 and mirror.mirrored == 0 and not mirror.errors.get("exception")
     assert 'inferloop_shadow_dropped_total{model="m",reason="signature_mismatch"} 100.0' in metrics
+    with Registry.open(uri) as reg:
+        (event,) = reg.history("m", kinds={"shadow_evaluated"})
+    assert event.version == 2 and event.stage == "shadow" and event.details["verdict"] == "refused"
+    assert event.details["cause"] == "signature_mismatch" and event.details["production_version"] == 1
+    assert event.details["shadow_inputs"] == [["input", "FP32", [-1, 9]]]
 
 
 def test_budget_drops_and_counts_instead_of_slowing_the_primary(registry_with_pair, tmp_path) -> None:

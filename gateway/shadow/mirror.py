@@ -128,8 +128,9 @@ def _lower_priority() -> None:
 class ShadowMirror:
     def __init__(self, model: str, stage: ModelStage, executor: DeviceExecutor, settings: ShadowSettings,
                  policy: ShadowPolicy, metrics: GatewayMetrics, prediction_log: PredictionLog | None,
-                 primary_stage: ModelStage) -> None:
+                 primary_stage: ModelStage, events: EventRecorder | None = None) -> None:
         self.model = model
+        self.events = events  # a refused shadow is an audit event, once per version pair
         self.stage = stage
         self.primary_stage = primary_stage
         self.executor = executor
@@ -214,13 +215,23 @@ class ShadowMirror:
                 and primary.signature.output_names[0] in shadow.signature.output_names
             self._checked = (pair, ok)
             if not ok:
+                shadow_takes = [(t.name, t.datatype, t.shape) for t in shadow.signature.inputs]
+                primary_takes = [(t.name, t.datatype, t.shape) for t in primary.signature.inputs]
                 log.error("%s: shadow v%s cannot be compared with production v%s: their signatures differ "
                           "(shadow takes %s and gives %s; production takes %s and gives %s); its mirrored requests "
-                          "are dropped", self.model, shadow.version, primary.version,
-                          [(t.name, t.datatype, t.shape) for t in shadow.signature.inputs],
-                          list(shadow.signature.output_names),
-                          [(t.name, t.datatype, t.shape) for t in primary.signature.inputs],
-                          list(primary.signature.output_names))
+                          "are dropped", self.model, shadow.version, primary.version, shadow_takes,
+                          list(shadow.signature.output_names), primary_takes, list(primary.signature.output_names))
+                if self.events is not None:
+                    self.events.record(
+                        self.model, "shadow_evaluated", stage="shadow", version=shadow.version,
+                        reason=f"refused: shadow v{shadow.version}'s signature differs from production "
+                               f"v{primary.version}'s; no traffic is mirrored to it",
+                        details={"verdict": "refused", "cause": "signature_mismatch",
+                                 "production_version": primary.version,
+                                 "shadow_inputs": [list(t) for t in shadow_takes],
+                                 "shadow_outputs": list(shadow.signature.output_names),
+                                 "production_inputs": [list(t) for t in primary_takes],
+                                 "production_outputs": list(primary.signature.output_names)})
         return self._checked[1]
 
     def _drop(self, reason: str, requests: int) -> None:
