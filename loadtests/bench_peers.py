@@ -16,6 +16,13 @@ of throughput and p50/p99, the server tree's RSS after the runs, and every figur
 ceiling's runs taken alongside. Writes the table to
 loadtests/RESULTS-peers.md. A server that cannot be installed or started is recorded with the reason.
 
+Model: `--hidden 1024,1024,1024,1024` serves a forward-bound MLP 8→1024×4→1 instead of the small
+8→64→64→1 (issue 15: where the forward, not HTTP, is the cost): the same seed-0 weights in every
+server ($BENCH_HIDDEN tells each peer app the shape; the gateway registers the same module).
+
+    python -m loadtests.bench_peers --best --only torchserve,gateway --hidden 1024,1024,1024,1024 \
+        --connections 1,8,32,64 --runs 2 --duration 3 --warmup 1
+
 Concurrency sweep: `--connections 1,8,32,64,256` measures every level for each configuration while
 it is up (per level: a warm-up, then the runs, each after a run of the bare ceiling at the same
 level) and writes, per level, req/s, p50 and p99, the ratios to the echo ceiling (the bare handler
@@ -43,16 +50,36 @@ from . import gateway_source as sources
 from .bench_gateway import connection_levels
 from .peers import configs, procs, venvs, wrk
 from .peers.configs import CONFIGS, Config, Context
-from .peers.report import Result, failures, raw_runs, sweep_goals, sweep_table, table
+from .peers.report import Result, failures, peer_goal, raw_runs, sweep_goals, sweep_table, table
 
 LOADGEN_CPU, SERVER_CPU = "0", "1"
 RESULTS = Path(__file__).resolve().parent / "RESULTS-peers.md"
 SWEEP_RESULTS = RESULTS.with_name("RESULTS-peers-sweep.md")
+SMALL = (64, 64)  # the default model's hidden sizes (8→64→64→1)
 
 
-def prepare(work: Path, with_gateway: bool, source: sources.Source | None = None) -> tuple[Context, float]:
-    """The weights (fixed seed, safetensors), the request row, and the expected answer; with
-    `with_gateway`, the registry the gateway serves, written by `source`'s code (default: this tree's)."""
+def hidden_sizes(text: str) -> tuple[int, ...]:
+    """argparse type for --hidden: '1024,1024,1024,1024' -> (1024, 1024, 1024, 1024)."""
+    try:
+        sizes = tuple(int(h) for h in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or any(h < 1 for h in sizes):
+        raise argparse.ArgumentTypeError(f"expected positive sizes separated by commas, got {text!r}")
+    return sizes
+
+
+def describe(hidden: tuple[int, ...]) -> str:
+    """'float32 MLP 8→64→64→1'; repeated widths shortened: 8→1024×4→1."""
+    widths = f"{hidden[0]}×{len(hidden)}" if len(hidden) > 2 and len(set(hidden)) == 1 else "→".join(map(str, hidden))
+    return f"float32 MLP 8→{widths}→1"
+
+
+def prepare(work: Path, with_gateway: bool, source: sources.Source | None = None,
+            hidden: tuple[int, ...] = SMALL) -> tuple[Context, float]:
+    """The weights (MLP 8→hidden…→1, fixed seed, safetensors), the request row, and the expected
+    answer; with `with_gateway`, the registry the gateway serves, written by `source`'s code
+    (default: this tree's)."""
     import numpy as np
     import torch
 
@@ -60,26 +87,28 @@ def prepare(work: Path, with_gateway: bool, source: sources.Source | None = None
     from inferloop.registry.artifact import save_module
 
     torch.manual_seed(0)
-    model = MLP(8, 1, [64, 64]).eval()
+    model = MLP(8, 1, list(hidden)).eval()
     data, _ = save_module(model)
     weights = work / "bench.safetensors"
     weights.write_bytes(data)
     row = [round(float(v), 4) for v in np.random.default_rng(1).normal(size=8)]
     with torch.inference_mode():
         expected = float(model(torch.tensor([row]))[0, 0])
-    ctx = Context(work, weights, row)
+    ctx = Context(work, weights, row, hidden=tuple(hidden))
     if source is not None:
         ctx.gateway_source = source
     if with_gateway:
         ctx.registry = work / "registry"
         if ctx.gateway_source.root == sources.REPO:
-            register(ctx.registry, model)
-        else:  # another commit's registry format: its own code writes it (same seed, same weights)
+            register(ctx.registry, model, hidden)
+        elif tuple(hidden) == SMALL:  # another commit's registry format: its own code writes it (same seed, same weights)
             sources.make_registry(ctx.gateway_source, ctx.registry, shadow=True, reference_seed=2)
+        else:
+            register_shaped(ctx.gateway_source, ctx.registry, hidden)
     return ctx, expected
 
 
-def register(root: Path, model) -> None:
+def register(root: Path, model, hidden: tuple[int, ...] = SMALL) -> None:
     import torch
 
     from inferloop.registry import Registry
@@ -92,8 +121,35 @@ def register(root: Path, model) -> None:
     reg.promote("bench", version, "production")
     torch.manual_seed(1)  # the shadow: same size, other weights (only the shadow configuration serves it)
     with reg.track("bench") as run:
-        shadow = run.register(MLP(8, 1, [64, 64]).eval(), example_inputs=x[:8], reference=x)
+        shadow = run.register(MLP(8, 1, list(hidden)).eval(), example_inputs=x[:8], reference=x)
     reg.promote("bench", shadow, "shadow")
+
+
+# another commit's registry, written by its own code, with a model of any hidden sizes
+# (sources.make_registry writes the small one): seed 0 in production, seed 1 as the shadow
+REGISTER_SHAPED = """
+import importlib, json, sys
+import torch
+reg = importlib.import_module(sys.argv[1])
+torch.manual_seed(0)
+model = reg.MLP(8, 1, json.loads(sys.argv[3])).eval()
+x = torch.randn(512, 8, generator=torch.Generator().manual_seed(2))
+with reg.Registry.open(sys.argv[2]) as r:
+    with r.track("bench", actor="bench") as run:
+        version = run.register(model, example_inputs=x[:8], reference=x)
+    r.promote("bench", version, "production", actor="bench")
+    torch.manual_seed(1)
+    with r.track("bench", actor="bench") as run:
+        other = run.register(reg.MLP(8, 1, json.loads(sys.argv[3])).eval(), example_inputs=x[:8], reference=x)
+    r.promote("bench", other, "shadow", actor="bench")
+"""
+
+
+def register_shaped(source: sources.Source, root: Path, hidden: tuple[int, ...]) -> None:
+    done = subprocess.run([sys.executable, "-c", REGISTER_SHAPED, source.registry_module, f"file://{root}",
+                           json.dumps(list(hidden))], cwd=source.cwd, env=source.env(), capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{source.label}: registering the benchmark model failed: {done.stderr.strip()[-800:]}")
 
 
 def gateway_source(work: Path, ref: str | None, trees: contextlib.ExitStack) -> sources.Source:
@@ -242,7 +298,7 @@ def write(path: Path, command: str, args: argparse.Namespace, results: list[Resu
 {command}
 ```
 
-{time.strftime("%Y-%m-%d %H:%M %Z")} · {cpu} · wrk pinned to CPU {LOADGEN_CPU}, each server's process tree
+{time.strftime("%Y-%m-%d %H:%M %Z")} · {cpu} · {describe(args.hidden)} · wrk pinned to CPU {LOADGEN_CPU}, each server's process tree
 to CPU {SERVER_CPU} · {connections} connections · warm-up {args.warmup} s (TorchServe at least 15 s)
 then {args.runs} × {args.duration} s per configuration · medians · RSS = sum over the server's process
 tree after the runs · gateway from the {gateway_from} · whole run {wall / 60:.1f} min.
@@ -272,13 +328,15 @@ are shared with other work). Throughput: higher is better; latency and memory: l
 def write_sweep(path: Path, command: str, args: argparse.Namespace, results: list[Result], wall: float,
                 gateway_from: str) -> str:
     levels = ", ".join(map(str, args.connections))
+    forward_bound = ("" if tuple(args.hidden) == SMALL else
+                     f"\n## Goal (issue 15): ≥ 1.5 × TorchServe's throughput at a lower p99\n\n{peer_goal(results)}\n")
     text = f"""# Gateway vs peers, concurrency sweep: one run of `loadtests/bench_peers.py`
 
 ```
 {command}
 ```
 
-{time.strftime("%Y-%m-%d %H:%M %Z")} · {_cpu_name()} · wrk (one thread) pinned to CPU {LOADGEN_CPU}, each
+{time.strftime("%Y-%m-%d %H:%M %Z")} · {_cpu_name()} · {describe(args.hidden)} · wrk (one thread) pinned to CPU {LOADGEN_CPU}, each
 server's process tree to CPU {SERVER_CPU} · connections {levels} · per configuration and level a warm-up
 of {args.warmup} s (TorchServe at least 15 s before its first level), then {args.runs} × {args.duration} s · medians ·
 gateway from the {gateway_from} · whole run {wall / 60:.1f} min.
@@ -295,7 +353,7 @@ is the p50 over the bare ceiling's p50 alongside (the inline forward's latency).
 ## Goals (issue 14), as measured in this run
 
 {sweep_goals(results)}
-
+{forward_bound}
 ## Install and configuration notes
 
 {configs.INSTALL_NOTES}
@@ -319,6 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=5, help="warm-up seconds (default 5)")
     p.add_argument("--connections", type=connection_levels, default=[64], metavar="N[,N...]",
                    help="wrk connections (default 64); several, e.g. 1,8,32,64,256, sweep them in one run")
+    p.add_argument("--hidden", type=hidden_sizes, default=SMALL, metavar="N[,N...]",
+                   help="the MLP's hidden sizes, the same model in every server (default 64,64; "
+                        "1024,1024,1024,1024: forward-bound)")
     p.add_argument("--best", action="store_true",
                    help="only each peer's best configurations, the gateway's defaults and the two ceilings")
     p.add_argument("--setup", action="store_true", help="create missing peer venvs first")
@@ -348,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.ExitStack() as trees:
             source = gateway_source(work, args.gateway_ref, trees)
             gateway_from = source.label
-            ctx, expected = prepare(work, any(c.peer == "gateway" for c in chosen), source)
+            ctx, expected = prepare(work, any(c.peer == "gateway" for c in chosen), source, args.hidden)
             for cfg in chosen:
                 print(f"== {cfg.key}", flush=True)
                 why = ensure_env(cfg, args.setup, work)

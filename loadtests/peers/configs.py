@@ -30,6 +30,7 @@ class Context:
     work: Path  # scratch directory of this run
     weights: Path  # bench.safetensors, the same bytes for every server
     row: list[float]  # the single request row
+    hidden: tuple[int, ...] = (64, 64)  # the MLP's hidden sizes (8→hidden…→1), $BENCH_HIDDEN for every server
     registry: Path | None = None  # file registry holding the same weights as model "bench" (gateway)
     # the code the gateway runs (the working tree, or a checkout of --gateway-ref) and wrote the registry with
     gateway_source: Source = field(default_factory=working_tree)
@@ -79,7 +80,8 @@ def _env(ctx: Context, peer: str | None = None, **extra: str) -> dict[str, str]:
     if peer is not None:
         env["PATH"] = f"{venvs.VENVS / peer / 'bin'}:{env.get('PATH', '')}"
         env["VIRTUAL_ENV"] = str(venvs.VENVS / peer)
-    env.update(BENCH_WEIGHTS=str(ctx.weights), PYTHONPATH=str(APPS), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+    env.update(BENCH_WEIGHTS=str(ctx.weights), BENCH_HIDDEN=",".join(map(str, ctx.hidden)), PYTHONPATH=str(APPS),
+               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                PYTHONUNBUFFERED="1", RAY_USAGE_STATS_ENABLED="0", BENTOML_DO_NOT_TRACK="true", **extra)
     return env
 

@@ -191,3 +191,27 @@ def sweep_goals(results: list[Result]) -> str:
                                      for r in dropped))
         lines.append(f"- {level} connection{'s' if level > 1 else ''}: " + "; ".join(parts) + ".")
     return "\n".join(lines)
+
+
+def peer_goal(results: list[Result], peer: str = "torchserve", factor: float = 1.5) -> str:
+    """Issue 15's goal per level: the gateway (batching on) at ≥ `factor` × `peer`'s best configuration's
+    throughput (as ratios of "vs bare", each against the ceiling measured beside it; raw req/s beside)
+    and at a lower p99."""
+    lines = []
+    for level in dict.fromkeys(r.connections for r in results):
+        at = _level(results, level)
+        gw = _find(at, "gateway", "batching on")
+        them = [r for r in at if r.config.peer == peer and r.config.best and r.ok and not failing(r)]
+        other = max(them, key=vs_bare, default=None)
+        name = f"{level} connection{'s' if level > 1 else ''}"
+        if gw is None or other is None or not vs_bare(other):
+            lines.append(f"- {name}: not judged ({'the gateway' if gw is None else peer} did not run or failed)")
+            continue
+        x = vs_bare(gw) / vs_bare(other)
+        raw = median(gw.samples, "rps") / median(other.samples, "rps")
+        p99, their_p99 = median(gw.samples, "p99_ms"), median(other.samples, "p99_ms")
+        lines.append(f"- {name}: {x:.2f} × {other.config.key} (raw {median(gw.samples, 'rps'):,.0f} against "
+                     f"{median(other.samples, 'rps'):,.0f} req/s, {raw:.2f} ×; goal ≥ {factor:g}: "
+                     f"{_verdict(x >= factor)}); p99 {p99:.2f} against {their_p99:.2f} ms "
+                     f"(lower: {_verdict(p99 < their_p99)}); both: {_verdict(x >= factor and p99 < their_p99)}.")
+    return "\n".join(lines)
