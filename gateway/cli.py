@@ -12,7 +12,7 @@ import signal
 import socket
 from pathlib import Path
 
-from inferloop.registry import DEFAULT_REGISTRY_URI
+from inferloop.registry.commandline import REGISTRY_HELP
 
 DEFAULT_GRPC_PORT = 8001  # Triton's; `--grpc-port` without a value
 
@@ -21,7 +21,7 @@ def register_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = sub.add_parser("serve", help="serve models over HTTP with hot swap (Open Inference Protocol v2)",
                        description="Serve the production version of each --model; swap versions when the "
                                    "registry pointer moves. Flags override INFERLOOP_* environment variables.")
-    p.add_argument("--registry", help=f"registry URI (env INFERLOOP_REGISTRY, default {DEFAULT_REGISTRY_URI})")
+    p.add_argument("--registry", help=REGISTRY_HELP)
     p.add_argument("--s3-endpoint", help="S3 endpoint URL (env AWS_ENDPOINT_URL)")
     p.add_argument("--model", action="append", metavar="NAME",
                    help="model to serve; repeat for several (env INFERLOOP_MODELS, comma-separated)")

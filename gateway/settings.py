@@ -1,7 +1,9 @@
 """Gateway settings: one frozen struct per concern, resolved in one place.
 
 Every value comes from its command-line flag, else its `INFERLOOP_*` environment variable, else the
-struct's default (`resolve_settings`). Structs forbid unknown fields, so a typo in a settings file
+struct's default (`resolve_settings`). The registry URI alone has one more source between the
+environment and the default: the project config `.inferloop/config.json` (`inferloop demo` writes
+it), read by the same function as every other command's (`inferloop.registry.project_config`). Structs forbid unknown fields, so a typo in a settings file
 or a test is an error, not a silently ignored knob.
 """
 
@@ -9,11 +11,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
 
 from inferloop.registry import DEFAULT_REGISTRY_URI
+from inferloop.registry.project_config import CONFIG_PATH, ProjectConfigError, configured_registry
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
@@ -260,8 +264,11 @@ def _from_env(field: str, raw: str) -> Any:
     return raw
 
 
-def resolve_settings(flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> GatewaySettings:
-    """Build settings from flags (argparse dests; None = not given), then environment, then defaults."""
+def resolve_settings(flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None,
+                     root: Path | None = None) -> GatewaySettings:
+    """Build settings from flags (argparse dests; None = not given), then environment, then defaults;
+    the registry URI from the project config under `root` (default: the working directory) before
+    its default."""
     flags = flags or {}
     env = os.environ if env is None else env
     tree: dict[str, Any] = {}
@@ -279,6 +286,14 @@ def resolve_settings(flags: Mapping[str, Any] | None = None, env: Mapping[str, s
             value = None
         origin[(section, field)] = where
         (tree.setdefault(section, {}) if section else tree)[field] = value
+    if ("registry", "uri") not in origin:
+        try:
+            configured = configured_registry(root)
+        except ProjectConfigError as exc:
+            raise SettingsError(str(exc)) from None
+        if configured is not None:
+            origin[("registry", "uri")] = str(CONFIG_PATH)
+            tree.setdefault("registry", {})["uri"] = configured
     try:
         # strict=False converts environment strings ("8000", "2.5", "true") to the field's type.
         return msgspec.convert(tree, GatewaySettings, strict=False)

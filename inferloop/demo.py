@@ -6,7 +6,10 @@
     hot swap → drift against the new reference falls back under the threshold
 
 It ends with a timeline from the registry's audit log and the numbers that show it worked, and leaves
-the work directory (data, policy, registry, logs, prediction log) for inspection.
+the work directory (data, policy, registry, logs, prediction log) for inspection. From the command
+line it also points the project config (`.inferloop/config.json` in the working directory) at the
+demo's registry, so the commands it prints next (`inferloop registry list`, `inferloop serve ...`)
+work on that registry without flags.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ import argparse
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections import Counter
@@ -34,6 +39,9 @@ if TYPE_CHECKING:
     from inferloop.registry import StagePointer
 
 MODEL = "revenue-forecast"
+# one plausible row of the demo's nine features (price, competitor_price, marketing_spend, visits,
+# discount, store_size, temperature, noise_a, noise_b), as the README's requests send it
+EXAMPLE_ROW = "[10.0, 10.5, 200.0, 500.0, 0.1, 2.0, 20.0, 0.0, 0.0]"
 TOKEN = "demo-admin-token"
 DRIFT_FROM_DAY = 21
 
@@ -86,6 +94,9 @@ class DemoConfig:
     rows_per_request: int = 25
     timeout_s: float = 300.0
     say: Any = print
+    # where to write the project config pointing at the demo's registry (None: write none); the
+    # command line passes the working directory
+    project_dir: Path | None = None
 
 
 @dataclass
@@ -119,13 +130,18 @@ def run(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir).absolute()
     cfg = DemoConfig(workdir=workdir, registry=args.registry or f"file://{workdir / 'model-registry'}",
                      s3_endpoint=args.s3_endpoint, rows_per_day=args.rows_per_day, replicas=args.replicas,
-                     timeout_s=args.timeout)
+                     timeout_s=args.timeout, project_dir=Path.cwd())
     try:
         result = run_demo(cfg)
     except (RuntimeError, TimeoutError) as exc:
         from inferloop.registry.commandline import UsageError
 
         raise UsageError(f"demo stopped: {exc}") from None
+    except KeyboardInterrupt:
+        # run_demo has stopped its processes and said which; say where the work is
+        print(f"\ninterrupted: the demo stopped; its work directory is left in {workdir} (logs in "
+              f"{workdir / 'logs'}); `inferloop demo` again starts over", file=sys.stderr)
+        return 130
     return 0 if result.ok else 1
 
 
@@ -306,6 +322,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     if r.returncode != 0:
         raise RuntimeError(f"promoting v1 failed: {r.stderr.strip()}")
     step("v1 promoted to production")
+    config_written = _point_project_config(cfg)
 
     services: list[Service] = []
     traffic: Traffic | None = None
@@ -389,6 +406,10 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
             production = reg.get_pointer(MODEL, "production")
             versions = reg.latest_version(MODEL)
         psi_before = max(float(e.details.get("max_psi", 0)) for e in detected)
+    except KeyboardInterrupt:
+        stopped = ", ".join(f"{s.name} (pid {s.proc.pid})" for s in services if s.proc.poll() is None)
+        say(f"\ninterrupted: stopping {stopped or 'nothing (no process was running)'}")
+        raise
     finally:
         if traffic is not None:
             traffic.stop()
@@ -397,7 +418,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
 
     job_list = jobs.get("jobs", jobs) if isinstance(jobs, dict) else jobs
     timeline = [(e.time, f"{e.kind}{'' if e.version is None else f' v{e.version}'}"
-                 f"{'' if not e.stage else f' [{e.stage}]'}  {e.actor}  {e.reason[:90]}") for e in events]
+                 f"{'' if not e.stage else f' [{e.stage}]'}  {e.actor}  {_short(e.reason)}") for e in events]
     result = DemoResult(
         ok=production is not None and production.version == 2 and traffic.failed == 0
         and psi_after < st["threshold"],
@@ -410,7 +431,10 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     )
     say("\ntimeline (registry audit log)")
     for when, what in timeline:
-        say(f"  {when}  {what}")
+        lines = textwrap.wrap(what, 100, subsequent_indent=" " * 4) or [""]
+        say(f"  {when}  {lines[0]}")
+        for line in lines[1:]:
+            say(f"  {'':{len(when)}}  {line}")
     say("\nresult")
     say(f"  PSI (max over features): {psi_before:.3f} at the trip -> {psi_after:.3f} after the swap "
         f"(threshold {result.threshold})")
@@ -420,5 +444,46 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         f"; failed requests: {result.failed}")
     say(f"  retrain jobs: {result.retrain_jobs}; production is v{result.production_version}")
     say(f"  left for inspection: {work} (policy, data, logs, prediction log) and the registry {cfg.registry}")
+    _say_next(cfg, config_written, say)
     say(f"done in {time.monotonic() - t0:.0f}s: {'the loop closed' if result.ok else 'THE LOOP DID NOT CLOSE'}")
     return result
+
+
+_LONG_FLOAT = re.compile(r"(?<![\w.])(-?\d+\.\d{4})\d+")
+
+
+def _short(reason: str, limit: int = 240) -> str:
+    """A reason for the timeline: long floats (a report's raw 0.5663398159316936) to four decimals,
+    and cut at a word boundary with an ellipsis, never mid-word."""
+    text = _LONG_FLOAT.sub(r"\1", " ".join(reason.split()))
+    return text if len(text) <= limit else textwrap.shorten(text, limit, placeholder=" …")
+
+
+def _point_project_config(cfg: DemoConfig) -> Path | None:
+    """Point the project config at the demo's registry as soon as it holds a production version, so
+    the registry commands work on it even if the demo is interrupted later."""
+    from inferloop.registry.project_config import write_demo_config
+
+    return None if cfg.project_dir is None else write_demo_config(cfg.registry, cfg.project_dir)
+
+
+def _say_next(cfg: DemoConfig, written: Path | None, say: Callable[..., Any]) -> None:
+    """Where the project config now points, and the commands to run next (the README's)."""
+    from inferloop.registry.project_config import CONFIG_PATH
+
+    if cfg.project_dir is None:
+        return
+    if written is None:
+        say(f"\n{cfg.project_dir / CONFIG_PATH} exists and is not the demo's: left as it is, so pass "
+            f"--registry {cfg.registry} to the commands below")
+    else:
+        say(f"\nregistry commands in this directory now use the demo's registry ({cfg.registry}), through "
+            f"{CONFIG_PATH}; delete that file to go back to the default")
+    endpoint = f" (and AWS_ENDPOINT_URL={cfg.s3_endpoint})" if cfg.s3_endpoint else ""
+    say(f"next{endpoint}:")
+    for line in ("inferloop registry list", f"inferloop registry show {MODEL}",
+                 f"inferloop registry history {MODEL}",
+                 f"inferloop serve --model {MODEL}      # port 8000; then, from another terminal:",
+                 f"curl -s localhost:8000/v2/models/{MODEL}",
+                 f"curl -s localhost:8000/v1/models/{MODEL}/predict -d '{{\"instances\": [{EXAMPLE_ROW}]}}'"):
+        say(f"  {line}")

@@ -1,5 +1,6 @@
 """What every component's command line shares, and nothing else: settings resolution (flag, then
-`INFERLOOP_*` environment, then default), the registry URI and actor rules, and `UsageError`.
+`INFERLOOP_*` environment, then default), the registry URI (flag, environment, the project config
+`.inferloop/config.json`, default) and actor rules, and `UsageError`.
 
 It sits in the registry package because the registry is the one layer every command stands on;
 it imports nothing above the registry. The `inferloop` command (`inferloop.cli`) only dispatches
@@ -14,7 +15,10 @@ import getpass
 import os
 from typing import Any
 
+from .project_config import CONFIG_PATH, ProjectConfigError, configured_registry
 from .store import DEFAULT_REGISTRY_URI
+
+REGISTRY_HELP = f"registry URI (env INFERLOOP_REGISTRY, then {CONFIG_PATH}, default {DEFAULT_REGISTRY_URI})"
 
 
 class UsageError(Exception):
@@ -31,13 +35,20 @@ def setting(flag_value: Any, env: str, default: Any = None) -> Any:
 
 
 def add_registry_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--registry", help=f"registry URI (env INFERLOOP_REGISTRY, default {DEFAULT_REGISTRY_URI})")
+    p.add_argument("--registry", help=REGISTRY_HELP)
     p.add_argument("--s3-endpoint", help="S3 endpoint URL (env AWS_ENDPOINT_URL)")
 
 
 def registry_uri(args: argparse.Namespace) -> str:
-    """The registry URI from --registry, then INFERLOOP_REGISTRY, then the embedded default."""
-    return str(setting(args.registry, "INFERLOOP_REGISTRY", DEFAULT_REGISTRY_URI))
+    """The registry URI from --registry, then INFERLOOP_REGISTRY, then the project config
+    (`.inferloop/config.json`, which `inferloop demo` writes), then the embedded default."""
+    uri = setting(args.registry, "INFERLOOP_REGISTRY")
+    if uri is not None:
+        return str(uri)
+    try:
+        return configured_registry() or DEFAULT_REGISTRY_URI
+    except ProjectConfigError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def default_actor() -> str:
