@@ -174,9 +174,11 @@ BAD_INPUTS = [
     ("malformed-json", "infer", b'{"inputs": [', JSON, 400, "malformed JSON"),
     ("nan-literal", "infer", b'{"inputs":[{"name":"input","shape":[1,8],"datatype":"FP32",'
      b'"data":[NaN,1,1,1,1,1,1,1]}]}', JSON, 400, "NaN"),
-    ("wrong-content-type", "infer", b'{"inputs": []}', {"content-type": "text/plain"}, 415, "Content-Type"),
+    ("wrong-content-type", "infer", b'{"inputs": []}', {"content-type": "text/plain"}, 415,
+     "-H 'Content-Type: application/json'"),
+    # curl -d's default type is read as JSON (its JSON bodies run: tests/test_docs_examples.py); a real form is not JSON
     ("form-content-type", "predict", b"instances=1", {"content-type": "application/x-www-form-urlencoded"},
-     415, "application/json"),
+     400, "malformed JSON"),
     ("missing-inputs", "infer", {"id": "x"}, None, 400, "inputs"),
     ("empty-inputs", "infer", {"inputs": []}, None, 400, "inputs"),
     ("wrong-shape", "infer", _oip([1, 7], ROW[:7]), None, 400, "[n, 8]"),
@@ -224,6 +226,29 @@ def test_bad_input_gets_a_clear_4xx_and_the_server_stays_healthy(served: Served,
     assert r.headers["x-request-id"]
     ok = served.client.post(f"/v2/models/{MODEL}/infer", json=infer_body([ROW]))
     assert ok.status_code == 200 and served.client.get("/v2/health/live").status_code == 200
+
+
+@pytest.mark.parametrize("content_type", [None, b"application/x-www-form-urlencoded"], ids=["none", "curl-d-form"])
+def test_json_without_a_content_type_or_with_curls_form_type_is_served(served: Served, content_type: bytes | None
+                                                                       ) -> None:
+    """What `curl URL -d '{...}'` sends (Content-Type: application/x-www-form-urlencoded), and a request
+    with no Content-Type at all, byte for byte on a raw socket: both are read as JSON and answered."""
+    import socket
+
+    body = b'{"instances": [' + b"[" + b", ".join(b"0.5" for _ in ROW) + b"]]}"
+    head = (f"POST /v1/models/{MODEL}/predict HTTP/1.1\r\nHost: localhost\r\nUser-Agent: curl/8.5.0\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n").encode()
+    if content_type is not None:
+        head += b"Content-Type: " + content_type + b"\r\n"
+    host, port = served.gw.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head + b"\r\n" + body)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    status_line, _, rest = reply.partition(b"\r\n")
+    assert status_line.split()[1] == b"200", reply
+    assert b'"predictions"' in rest and b"x-model-version: " in rest.lower()
 
 
 def test_binary_tensor_nan_is_refused(served: Served) -> None:

@@ -66,14 +66,20 @@ def read_headers(scope_headers: Iterable[tuple[bytes, bytes]]) -> RequestHeaders
     return RequestHeaders(rid or new_request_id(), content_type, length, authorization, declared)
 
 
+# Read as JSON: JSON itself, and the form type that `curl -d` sends unless told otherwise (the body
+# is decoded as JSON all the same, so a real form body is a 400 "malformed JSON", never run).
+JSON_MEDIA = (b"application/json", b"application/x-www-form-urlencoded")
+
+
 def check_json_body(content_type: bytes | None, binary_allowed: bool) -> None:
     """JSON bodies only (or octet-stream for the binary tensor extension). A missing Content-Type is
-    accepted, as Triton does: its own client sends none."""
+    accepted, as Triton does: its own client sends none; so is curl's default form type."""
     if content_type is None:
         return
     media = content_type.split(b";", 1)[0].strip().lower()
-    if media == b"application/json" or (binary_allowed and media == b"application/octet-stream"):
+    if media in JSON_MEDIA or (binary_allowed and media == b"application/octet-stream"):
         return
-    raise UnsupportedMediaType(f"unsupported Content-Type {content_type.decode('latin-1')!r}: send application/json"
-                               + (" (or application/octet-stream with Inference-Header-Content-Length)"
+    raise UnsupportedMediaType(f"unsupported Content-Type {content_type.decode('latin-1')!r}: send application/json "
+                               "(curl: -H 'Content-Type: application/json')"
+                               + (" or application/octet-stream with Inference-Header-Content-Length"
                                   if binary_allowed else ""))
