@@ -77,26 +77,28 @@ def run(args: argparse.Namespace) -> int:
                     reg.get_manifest(args.name, 1)  # raises a clear NotFound for an unknown model
                 stages = reg.stages(args.name)
                 where = {p.version: s for s, p in stages.items() if p is not None}
+                # --json carries what the table shows (the full digest and metrics, unrounded)
+                listed = [(v, where.get(v), reg.get_manifest(args.name, v)) for v in versions]
                 if args.json:
-                    _print_json([{"version": v, "stage": where.get(v)} for v in versions])
+                    _print_json([{"version": v, "stage": stage, "created_at": m.created_at,
+                                  "digest": m.artifact.digest, "metrics": m.metrics} for v, stage, m in listed])
                 else:
-                    rows = []
-                    for v in versions:
-                        m = reg.get_manifest(args.name, v)
-                        rows.append([v, where.get(v, ""), m.created_at, m.artifact.digest[:12],
-                                     " ".join(f"{k}={val:.4g}" for k, val in sorted(m.metrics.items()))])
-                    _table(rows, ["VERSION", "STAGE", "CREATED", "DIGEST", "METRICS"])
+                    _table([[v, stage or "", m.created_at, m.artifact.digest[:12],
+                             " ".join(f"{k}={val:.4g}" for k, val in sorted(m.metrics.items()))]
+                            for v, stage, m in listed], ["VERSION", "STAGE", "CREATED", "DIGEST", "METRICS"])
             else:
-                models = reg.list_models(args.after or "", args.limit)
-                if args.json:
-                    _print_json(models)
+                stage_names = ("staging", "shadow", "production")
+                rows = []
+                for name in reg.list_models(args.after or "", args.limit):
+                    st = reg.stages(name)
+                    rows.append((name, reg.latest_version(name),
+                                 [ptr.version if (ptr := st[s]) else None for s in stage_names]))
+                if args.json:  # the table's columns, one object per model
+                    _print_json([{"name": name, "latest": latest, **dict(zip(stage_names, versions, strict=True))}
+                                 for name, latest, versions in rows])
                 else:
-                    rows = []
-                    for name in models:
-                        st = reg.stages(name)
-                        rows.append([name, reg.latest_version(name),
-                                     *[(ptr.version if (ptr := st[s]) else "-") for s in ("staging", "shadow", "production")]])
-                    _table(rows, ["MODEL", "LATEST", "STAGING", "SHADOW", "PRODUCTION"])
+                    _table([[name, latest, *["-" if v is None else v for v in versions]]
+                            for name, latest, versions in rows], ["MODEL", "LATEST", "STAGING", "SHADOW", "PRODUCTION"])
         elif cmd == "show":
             if args.version:
                 m = reg.get_manifest(args.name, args.version)

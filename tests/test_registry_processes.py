@@ -112,8 +112,13 @@ def test_cli_round_trip(registry_uri: str) -> None:
     assert json.loads(r.stdout)["version"] == 1
     r = _cli("registry", "list", "--registry", registry_uri)
     assert r.returncode == 0 and "m" in r.stdout and "PRODUCTION" in r.stdout
+    r = _cli("registry", "list", "--registry", registry_uri, "--json")  # the table's columns, not just names
+    assert json.loads(r.stdout) == [{"name": "m", "latest": 3, "staging": None, "shadow": None, "production": 1}]
     r = _cli("registry", "list", "m", "--registry", registry_uri, "--json")
-    assert [row["version"] for row in json.loads(r.stdout)] == [1, 2, 3]
+    listed = json.loads(r.stdout)
+    assert [row["version"] for row in listed] == [1, 2, 3]
+    assert [row["stage"] for row in listed] == ["production", None, None]
+    assert all(len(row["digest"]) == 64 and row["created_at"] and "metrics" in row for row in listed)
     r = _cli("registry", "show", "m", "2", "--registry", registry_uri, "--json")
     assert json.loads(r.stdout)["version"] == 2
     r = _cli("registry", "history", "m", "--registry", registry_uri)

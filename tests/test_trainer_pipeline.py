@@ -169,6 +169,25 @@ def test_passing_candidate_replaces_production_by_compare_and_swap(tmp_path: Pat
         assert [e.version for e in reg.history("rev", kinds={"archived"})] == [1]
 
 
+def test_a_first_version_is_not_sent_to_shadow(tmp_path: Path, data: Path, capsys) -> None:
+    """Shadow compares a candidate with production: with no production version there is nothing to
+    compare, so `promote_on_pass: shadow` promotes nothing (the demo's v1 was mirrored to itself)."""
+    uri = f"file://{tmp_path / 'reg'}"
+    policy = policy_dict(data, epochs=1)
+    policy["validation"] |= {"max_rmse": 1000.0, "promote_on_pass": "shadow"}
+    path = write_policy(tmp_path / "p.yaml", policy)
+    code, summary, err = _train(capsys, path, uri)
+    assert code == 0 and summary["verdict"] == "passed" and summary["promoted"] is None, err
+    assert "no production version" in err and "inferloop registry promote rev 1 --stage production" in err
+    with Registry.open(uri) as reg:
+        assert reg.get_pointer("rev", "shadow") is None
+        reg.promote("rev", 1, "production")
+    second = policy_dict(data, epochs=2)
+    second["validation"] = policy["validation"]
+    code, summary, err = _train(capsys, write_policy(tmp_path / "q.yaml", second), uri)
+    assert code == 0 and summary["promoted"] == "shadow", err  # with production there, candidates go to shadow
+
+
 def test_human_summary_and_exit_codes(tmp_path: Path, data: Path, capsys) -> None:
     uri = f"file://{tmp_path / 'reg'}"
     policy = policy_dict(data)

@@ -110,7 +110,8 @@ async def healthz(request: AnyRequest) -> dict[str, Any]:
 
 @get("/metrics")
 async def metrics(request: AnyRequest) -> Response[bytes]:
-    return Response(generate_latest(_service(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    # the header whole: a media_type would get Litestar's "; charset=utf-8" after the type's own charset
+    return Response(generate_latest(_service(request).metrics.registry), headers={"content-type": CONTENT_TYPE_LATEST})
 
 
 def _error(request: AnyRequest, exc: Exception) -> Response[dict[str, str]]:

@@ -1,12 +1,4 @@
-"""`inferloop train`, `inferloop trainer serve`, `inferloop data generate`.
-
-Exit codes (a CI step can branch on them):
-    0  success: built and registered, gates passed or no gates (reproduce: bit-identical artifact)
-    1  a gate failed: the version is registered but not promoted (reproduce: artifact differs);
-       also a holdout that cannot judge a gated metric (one class, < 5 rows of a class, ...)
-    2  error: bad policy, bad data (also < 20 training or holdout rows, a binary target with one
-       class), unreachable registry, crashed training (caught before registering)
-"""
+"""`inferloop train`, `inferloop trainer serve`, `inferloop data generate`."""
 
 from __future__ import annotations
 
@@ -29,12 +21,25 @@ from inferloop.registry.commandline import (
 )
 from inferloop.trainer.errors import TrainerError
 
+# `inferloop train --help`'s description: this command's own (the module's docstring names three commands)
+TRAIN_HELP = """\
+Build one version from a policy: load the data window, train, run both gates on the same holdout,
+register, and promote on pass.
+
+Exit codes (a CI step can branch on them):
+    0  success: built and registered, gates passed or no gates (reproduce: bit-identical artifact)
+    1  a gate failed: the version is registered but not promoted (reproduce: artifact differs);
+       also a holdout that cannot judge a gated metric (one class, < 5 rows of a class, ...)
+    2  error: bad policy, bad data (also < 20 training or holdout rows, a binary target with one
+       class), unreachable registry, crashed training (caught before registering)
+"""
+
 EXIT_ERROR = 2
 
 
 def register_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("train", help="run one training build from a policy (or --reproduce a version)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=TRAIN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--policy", metavar="FILE", help="policy YAML (training:, validation:, ...)")
     what.add_argument("--reproduce", nargs=2, metavar=("NAME", "VERSION"),

@@ -448,7 +448,14 @@ def _finish_build(request: BuildRequest, data: Dataset, candidate: Candidate, co
                              "job_id": request.job_id, "created": run.created,
                          })
         if record.passed:
-            if policy.promote_on_pass is not None:
+            if policy.promote_on_pass == "shadow" and production is None:
+                # shadow compares a candidate with production on live traffic: with no production
+                # version there is nothing to compare, and the gateway would mirror the version to
+                # itself once it is promoted. The first version is deployed by a person.
+                progress(f"not promoted to shadow: {spec.model} has no production version to compare v{version} "
+                         f"with; deploy it with `inferloop registry promote {spec.model} {version} --stage "
+                         "production`")
+            elif policy.promote_on_pass is not None:
                 summary.promoted = _promote(reg, request, version, policy.promote_on_pass, reference)
                 progress(f"promoted {spec.model} v{version} to {summary.promoted}")
         else:

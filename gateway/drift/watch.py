@@ -2,8 +2,11 @@
 
 It observes every primary batch (counting into the production version's reference bins), closes
 windows on a timer, and when drift trips it records `drift_detected`, calls the policy's trigger
-(trainer, Airflow, GitHub or webhook) in the background with retries, and records
-`retrain_requested` with the job id. A new production version brings a new reference and a fresh
+(trainer, Airflow, GitHub or webhook) in the background with retries. `retrain_requested` is
+recorded once per job by whoever knows the job: for `action: retrain` that is the trainer, which
+records it when the request creates a job (a retry, or another replica's trip folded into the same
+job, records nothing); for the other actions the gateway records it once the delivery is accepted
+(the only place that knows). A new production version brings a new reference and a fresh
 monitor (and so ends any cooldown); when that reference is too small for the policy's threshold to
 apply at the policy's window, a warning is logged and shown in the drift state.
 """
@@ -146,7 +149,11 @@ class DriftWatch:
         trigger = self.policy.on_trigger
         outcome = await deliver(self.http, trigger, payload)
         self.last_outcome = outcome
-        if outcome.ok:
+        if outcome.ok and trigger.action == "retrain":
+            # the trainer recorded `retrain_requested` when this request created its job (exactly once
+            # per job): recording it here too put every retrain in the audit log twice
+            log.info("%s: retrain requested from the trainer: job %s (%s)", self.model, outcome.job_id, outcome.status)
+        elif outcome.ok:
             self.events.record(self.model, "retrain_requested", version=version, reason=payload.reason[:500],
                                details={"action": trigger.action, "job_id": outcome.job_id, "status": outcome.status,
                                         "attempts": outcome.attempts, "idempotency_key": payload.idempotency_key})

@@ -274,8 +274,10 @@ class ModelStage:
         self.last_swap = SwapRecord(previous, version, time.time(), reused, safe, round(seconds, 4), trigger)
         self._reported = None
         self.metrics.swaps.labels(self.name, self.stage).inc()
-        log.info("%s %s: now serving v%s (was v%s%s)", self.name, self.stage, version, previous,
-                 ", from memory" if reused else f", loaded in {seconds:.3f}s")
+        log.info("%s %s: %s (%s%s)", self.name, self.stage,
+                 "now serving nothing" if version is None else f"now serving v{version}",
+                 "first version" if previous is None else f"was v{previous}",
+                 "" if version is None else ", from memory" if reused else f", loaded in {seconds:.3f}s")
         self.events.record(self.name, "swapped", stage=self.stage, version=version, from_version=previous,
                            details={"reused": reused, "safe_order": safe, "load_seconds": round(seconds, 4),
                                     "trigger": trigger})

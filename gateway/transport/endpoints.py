@@ -89,7 +89,9 @@ def build_routes(plane: DataPlane, guard: AdminGuard, bodies: BodyReader) -> lis
     async def prometheus() -> ASGIResponse:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-        return ASGIResponse(body=generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        # the header given whole: with media_type, Litestar appends its own "; charset=utf-8" to the
+        # charset prometheus_client's type already carries
+        return ASGIResponse(body=generate_latest(metrics.registry), headers={"content-type": CONTENT_TYPE_LATEST})
 
     # -- admin --------------------------------------------------------------------------------
     def admin_actor(request: AnyRequest, declared: str | None) -> str:
