@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 MODEL = "revenue-forecast"
 # one plausible row of the demo's nine features (price, competitor_price, marketing_spend, visits,
 # discount, store_size, temperature, noise_a, noise_b), as the README's requests send it
-EXAMPLE_ROW = "[10.0, 10.5, 200.0, 500.0, 0.1, 2.0, 20.0, 0.0, 0.0]"
+EXAMPLE_ROW = "[42.0, 41.5, 5000.0, 400, 0.2, 280.0, 15.5, 0.0, 500.0]"
 TOKEN = "demo-admin-token"
 DRIFT_FROM_DAY = 21
 

@@ -15,7 +15,7 @@ import getpass
 import os
 from typing import Any
 
-from .project_config import CONFIG_PATH, ProjectConfigError, configured_registry
+from .project_config import CONFIG_PATH, ProjectConfigError, resolve_registry
 from .store import DEFAULT_REGISTRY_URI
 
 REGISTRY_HELP = f"registry URI (env INFERLOOP_REGISTRY, then {CONFIG_PATH}, default {DEFAULT_REGISTRY_URI})"
@@ -42,11 +42,8 @@ def add_registry_options(p: argparse.ArgumentParser) -> None:
 def registry_uri(args: argparse.Namespace) -> str:
     """The registry URI from --registry, then INFERLOOP_REGISTRY, then the project config
     (`.inferloop/config.json`, which `inferloop demo` writes), then the embedded default."""
-    uri = setting(args.registry, "INFERLOOP_REGISTRY")
-    if uri is not None:
-        return str(uri)
     try:
-        return configured_registry() or DEFAULT_REGISTRY_URI
+        return resolve_registry(args.registry)
     except ProjectConfigError as exc:
         raise UsageError(str(exc)) from None
 

@@ -14,9 +14,12 @@ default is: a project's commands run from its root.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import msgspec
+
+from .store import DEFAULT_REGISTRY_URI
 
 CONFIG_PATH = Path(".inferloop") / "config.json"
 WRITTEN_BY_DEMO = "inferloop demo"
@@ -52,6 +55,15 @@ def configured_registry(root: Path | None = None) -> str | None:
     """The registry URI the project config names, or None (no file, or no `registry` in it)."""
     config = read_config(root)
     return config.registry if config is not None and config.registry else None
+
+
+def resolve_registry(flag: str | None = None, root: Path | None = None) -> str:
+    """The registry URI a command uses: `flag` (its --registry), then INFERLOOP_REGISTRY, then the
+    project config, then the default. Scripts that register models (examples/models/*/model.py) call
+    it too, so they write where `inferloop serve` and `inferloop registry` will look."""
+    if flag:
+        return flag
+    return os.environ.get("INFERLOOP_REGISTRY") or configured_registry(root) or DEFAULT_REGISTRY_URI
 
 
 def write_demo_config(registry: str, root: Path | None = None) -> Path | None:

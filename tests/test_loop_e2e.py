@@ -28,6 +28,7 @@ def _check(result, registry: str, s3_endpoint: str | None = None) -> None:
         jobs = {e.details.get("job_id") for e in reg.history("revenue-forecast", kinds={"retrain_requested"})
                 if e.details.get("job_id")}
         assert len(jobs) == 1  # every replica's request landed on the same job
+        assert kinds.count("retrain_requested") == 1  # recorded once, by the trainer that created the job
 
 
 def test_loop_closes_on_a_file_registry(tmp_path) -> None:

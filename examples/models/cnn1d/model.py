@@ -49,9 +49,11 @@ def register(reg, name: str = "sequence-classifier", seed: int = 0) -> int:  # n
 
 
 if __name__ == "__main__":
-    from inferloop.registry import DEFAULT_REGISTRY_URI, Registry
+    from inferloop.registry import Registry
+    from inferloop.registry.project_config import resolve_registry
 
-    with Registry.open(DEFAULT_REGISTRY_URI) as registry:
+    uri = resolve_registry()  # where `inferloop serve` looks: INFERLOOP_REGISTRY, .inferloop/config.json, default
+    with Registry.open(uri) as registry:
         version = register(registry)
         registry.promote("sequence-classifier", version, stage="production", reason="example")
-        print(f"sequence-classifier v{version} is in production in {DEFAULT_REGISTRY_URI}")
+        print(f"sequence-classifier v{version} is in production in {uri}")

@@ -46,9 +46,11 @@ def register(reg, name: str = "churn-gbm", seed: int = 0) -> int:  # noqa: ANN00
 
 
 if __name__ == "__main__":
-    from inferloop.registry import DEFAULT_REGISTRY_URI, Registry
+    from inferloop.registry import Registry
+    from inferloop.registry.project_config import resolve_registry
 
-    with Registry.open(DEFAULT_REGISTRY_URI) as registry:
+    uri = resolve_registry()  # where `inferloop serve` looks: INFERLOOP_REGISTRY, .inferloop/config.json, default
+    with Registry.open(uri) as registry:
         version = register(registry)
         registry.promote("churn-gbm", version, stage="production", reason="example")
-        print(f"churn-gbm v{version} is in production in {DEFAULT_REGISTRY_URI}")
+        print(f"churn-gbm v{version} is in production in {uri}")

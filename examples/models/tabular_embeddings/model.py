@@ -51,9 +51,11 @@ def register(reg, name: str = "store-revenue", seed: int = 0) -> int:  # noqa: A
 
 
 if __name__ == "__main__":
-    from inferloop.registry import DEFAULT_REGISTRY_URI, Registry
+    from inferloop.registry import Registry
+    from inferloop.registry.project_config import resolve_registry
 
-    with Registry.open(DEFAULT_REGISTRY_URI) as registry:
+    uri = resolve_registry()  # where `inferloop serve` looks: INFERLOOP_REGISTRY, .inferloop/config.json, default
+    with Registry.open(uri) as registry:
         version = register(registry)
         registry.promote("store-revenue", version, stage="production", reason="example")
-        print(f"store-revenue v{version} is in production in {DEFAULT_REGISTRY_URI}")
+        print(f"store-revenue v{version} is in production in {uri}")
