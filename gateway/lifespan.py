@@ -54,7 +54,7 @@ def registry_and_executors(plane: DataPlane, parts: GatewayParts) -> Lifespan:
         try:  # the gateway reads the registry: a missing one is reported, never created
             await plane.registry.store.check(create=False)
         except NotFound as exc:
-            log.error("%s: nothing can be served until it exists (check --registry / INFERLOOP_REGISTRY); "
+            log.error("%s: nothing can be served until it exists (check --registry, INFERLOOP_REGISTRY or .inferloop/config.json); "
                       "pollers will keep looking", exc)
         except Unavailable as exc:  # serve what can be loaded later; readiness reports the rest
             log.error("registry %s is not reachable at start-up (%s); pollers will keep trying",
