@@ -87,7 +87,10 @@ class StagePoller:
 
     def _interval(self) -> float:
         j = self.settings.poll_jitter
-        return self.interval_s * self._rng.uniform(1 - j, 1 + j)
+        # a model not (yet) in the registry is watched at the poll interval even while the change
+        # record is followed: registering a version moves no pointer, so the record would not say
+        base = self.interval_s if self.model_exists else self.settings.poll_interval_s
+        return base * self._rng.uniform(1 - j, 1 + j)
 
     async def poll_once(self) -> float:
         """One round; returns how long to wait before the next."""
