@@ -222,6 +222,9 @@ def read_manifests(registry: str, wanted: Sequence[tuple[str, int]]) -> dict[str
     """The manifests of (name, version) pairs, read by a child process (see the module docstring)."""
     if not wanted:
         return {}
+    if registry.startswith("file://") and not registry[len("file://"):].startswith("/"):
+        # the child runs from the repository root: a relative registry means the caller's directory
+        registry = f"file://{Path(registry[len('file://'):]).absolute()}"
     cmd = [sys.executable, "-m", "loadtests.model_inputs", "--registry", registry,
            *(f"{name}:{version}" for name, version in wanted)]
     out = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
