@@ -395,7 +395,8 @@ class ShadowMirror:
         self._promoted.add(pair)
         actor = "gateway:auto-promote"
         reason = (f"shadow v{report.shadow_version} met every rule over {report.compared} mirrored rows "
-                  f"(prediction PSI {report.prediction_psi}, p99 latency ratio {report.p99_latency_ratio})")
+                  f"(prediction PSI {_short(report.prediction_psi)}, p99 latency ratio "
+                  f"{_short(report.p99_latency_ratio)})")
         try:
             await registry.promote(self.model, report.shadow_version, "production", actor=actor, reason=reason,
                                    expected_version=report.primary_version,
@@ -427,6 +428,10 @@ class ShadowMirror:
             "dropped": dict(self.dropped), "errors": dict(self.errors), "queued_rows": self._queue.queued_rows,
             "report": current,
         }
+
+
+def _short(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
 
 
 async def auto_promote_loop(mirror: ShadowMirror, registry: AsyncRegistry, events: EventRecorder,
