@@ -363,3 +363,117 @@ def test_an_rpc_in_flight_at_shutdown_is_answered(tmp_path: Path) -> None:
             eventually(lambda: not gw.app.state.grpc.service.accepting, 30, "gRPC draining")
         caller.join(30)
     assert len(answer) == 1 and isinstance(answer[0], np.ndarray), answer
+
+
+# -- keepalive enforcement and streams per connection -----------------------------------------------
+LIMITED_STREAMS = 2
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """A gateway of its own (the tests below hold its device busy): 2 streams per connection, the
+    default keepalive settings (the server pings after 60 s idle, clients may ping every 10 s)."""
+    tmp = tmp_path_factory.mktemp("gateway-grpc-limits")
+    uri = f"file://{tmp / 'registry'}"
+    with Registry.open(uri) as reg:
+        version = register_tiny(reg, MODEL, seed=1)
+        reg.promote(MODEL, version, "production")
+        module = reg.load_model(MODEL, version)
+    settings = settings_for(uri, [MODEL], tmp, server={"grpc_port": 0, "grpc_max_streams": LIMITED_STREAMS})
+    assert settings.server.grpc_min_ping_interval_s == 10.0
+    with ThreadedGateway(settings) as gw:
+        gw.wait_serving(MODEL, version)
+        yield Served(gw, module, [version])
+
+
+def infer_request(rows: np.ndarray) -> tpb.ModelInferRequest:
+    request = tpb.ModelInferRequest(model_name=MODEL)
+    request.inputs.add(name="input", datatype="FP32", shape=list(rows.shape))
+    request.raw_input_contents.append(rows.astype("<f4").tobytes())
+    return request
+
+
+def test_a_client_pinging_too_often_gets_goaway_and_the_others_are_served(limited: Served) -> None:
+    """grpc's own client, told to ping every 100 ms with no limit on pings without data, while its
+    RPC waits for a busy device (the server sends nothing meanwhile, so every ping inside
+    --grpc-min-ping-interval counts): past 2 such strikes the server sends GOAWAY (ENHANCE_YOUR_CALM, "too_many_pings") and
+    closes that connection, failing its RPC with UNAVAILABLE. A polite client is served before,
+    during (its RPC waits for the same device) and after."""
+    from .test_gateway_batching import device_busy
+
+    rows = rows_of(2)
+    batcher = limited.gw.plane.models[MODEL].batcher
+    rude = grpc.insecure_channel(limited.target, options=[
+        ("grpc.keepalive_time_ms", 100), ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0)])
+    polite = grpc.insecure_channel(limited.target, options=[("grpc.use_local_subchannel_pool", 1)])
+    polite_stub = tgrpc.GRPCInferenceServiceStub(polite)
+    try:
+        rude_stub = tgrpc.GRPCInferenceServiceStub(rude)
+        assert rude_stub.ServerLive(tpb.ServerLiveRequest(), timeout=30).live  # connected, pinging
+        assert polite_stub.ServerLive(tpb.ServerLiveRequest(), timeout=30).live
+        with device_busy(batcher):
+            rude_call = rude_stub.ModelInfer.future(infer_request(rows), timeout=60)
+            polite_call = polite_stub.ModelInfer.future(infer_request(rows), timeout=60)
+            with pytest.raises(grpc.RpcError) as closed:
+                rude_call.result(60)  # fails while the device is still busy: the connection went
+        assert closed.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "too many pings" in (closed.value.details() or "").lower(), closed.value.details()
+        answer = polite_call.result(60)
+        assert np.allclose(np.frombuffer(answer.raw_output_contents[0], "<f4").reshape(-1, 1),
+                           limited.expected(rows), atol=1e-5)
+        again = polite_stub.ModelInfer(infer_request(rows), timeout=30)  # same connection, still open
+        assert np.frombuffer(again.raw_output_contents[0], "<f4").shape == (2,)
+    finally:
+        rude.close()
+        polite.close()
+
+
+def test_streams_per_connection_are_capped_and_the_rest_wait(limited: Served) -> None:
+    """--grpc-max-streams 2: of 6 RPCs sent at once on one connection while the device is busy, 2
+    reach the gateway and 4 wait in the client for a free stream; another connection gets its own 2.
+    Once the device frees, the 4 at the gateway are answered; of those waiting in the client, grpc
+    core may refuse some (RST_STREAM REFUSED_STREAM, UNAVAILABLE: the client opens the next stream
+    before the server has retired the last; seen with two connections, never with one), which a
+    client may retry as never processed. Anything else fails, and the server serves on."""
+    from .test_gateway_batching import device_busy
+
+    batcher = limited.gw.plane.models[MODEL].batcher
+
+    def waiting() -> int:
+        return int(batcher.queued_requests + batcher.in_flight)
+
+    def connection() -> tuple[grpc.Channel, tgrpc.GRPCInferenceServiceStub]:
+        # a subchannel pool of its own: two channels to one target share a connection otherwise
+        channel = grpc.insecure_channel(limited.target, options=[("grpc.use_local_subchannel_pool", 1)])
+        return channel, tgrpc.GRPCInferenceServiceStub(channel)
+
+    first, first_stub = connection()
+    second, second_stub = connection()
+    try:
+        for stub in (first_stub, second_stub):
+            assert stub.ServerLive(tpb.ServerLiveRequest(), timeout=30).live
+        with device_busy(batcher):
+            calls = [first_stub.ModelInfer.future(infer_request(rows_of(1, seed=i)), timeout=60) for i in range(6)]
+            eventually(lambda: waiting() == LIMITED_STREAMS, 30, "2 RPCs of the first connection at the gateway")
+            calls += [second_stub.ModelInfer.future(infer_request(rows_of(1, seed=i)), timeout=60)
+                      for i in range(6, 8)]
+            eventually(lambda: waiting() == 2 * LIMITED_STREAMS, 30, "the second connection's 2 RPCs too")
+            threading.Event().wait(0.5)  # room for any RPC beyond the cap to arrive (none may)
+            assert waiting() == 2 * LIMITED_STREAMS
+            assert not any(call.done() for call in calls)
+        answered = 0
+        for i, call in enumerate(calls):
+            try:
+                out = np.frombuffer(call.result(60).raw_output_contents[0], "<f4").reshape(-1, 1)
+            except grpc.RpcError as exc:  # refused before it reached the gateway, nothing else
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE and "error code 7" in (exc.details() or ""), exc
+                continue
+            assert np.allclose(out, limited.expected(rows_of(1, seed=i)), atol=1e-5)
+            answered += 1
+        assert answered >= 2 * LIMITED_STREAMS
+        for stub in (first_stub, second_stub):
+            assert stub.ModelInfer(infer_request(rows_of(1)), timeout=30).raw_output_contents
+    finally:
+        first.close()
+        second.close()
