@@ -83,7 +83,9 @@ class ServerSettings(Settings, frozen=True):
     grpc_host: str | None = None
     """Interface of the gRPC listener (default: `host`)."""
     grpc_max_streams: PositiveInt = 100
-    """Concurrent RPCs (HTTP/2 streams) per gRPC connection at most; more wait for a free one."""
+    """Concurrent RPCs (HTTP/2 streams) per gRPC connection at most (HTTP/2 MAX_CONCURRENT_STREAMS).
+    Well-behaved clients queue further calls until a stream frees; a stream opened beyond the limit is
+    refused (REFUSED_STREAM, seen as UNAVAILABLE: never processed, safe to retry)."""
     grpc_max_rpcs: PositiveInt = 4096
     """RPCs in progress on the gRPC listener at most; beyond it new ones get RESOURCE_EXHAUSTED."""
     grpc_keepalive_s: Positive = 60.0
