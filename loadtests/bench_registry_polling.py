@@ -16,8 +16,10 @@ pointer polled every interval) it measures
   2. propagation: K models promoted to v2 one after another; for every (promotion, replica) the time
      from `promote` returning until that replica's stand-in stage applied v2 (p50/p99).
 Python cannot poll 40,000 pointers/s in one process, so `pointers` mode runs at the smaller scale
-given by --pointers-scale; the script prints demanded vs achieved request rates and the linear
-extrapolation (replicas × models × stages / interval) labelled as such.
+given by --pointers-scale (and S3's `record` mode at --record-scale: moto answers a few hundred
+requests/s, and every replica reads every pointer at start); the script prints demanded vs achieved
+request rates and the linear extrapolation (replicas × models × stages / interval) labelled as such.
+About 6 minutes with the defaults; --backends, --modes, --models, --idle-seconds, --promotions shrink it.
 """
 
 from __future__ import annotations
@@ -169,13 +171,13 @@ async def start_replicas(uri: str, n: int, models: list[str], settings: Any, rec
 
 
 async def stop_replicas(replicas: list[Replica]) -> int:
-    """Cancel every task; the number still running 1 s later. On Python 3.11 `asyncio.wait_for`
+    """Cancel every task; the number still running 10 s later (20,000 take over 1 s to unwind). On Python 3.11 `asyncio.wait_for`
     swallows a cancellation that arrives while the awaited event has just fired (a poke): such a
     poller sleeps on (up to full_scan_interval_s with the record), so it is cancelled again."""
     tasks = [t for r in replicas for t in r.tasks]
     for task in tasks:
         task.cancel()
-    _, pending = await asyncio.wait(tasks, timeout=1) if tasks else (set(), set())
+    _, pending = await asyncio.wait(tasks, timeout=10) if tasks else (set(), set())
     stuck = len(pending)
     while pending:
         for task in pending:
