@@ -305,7 +305,7 @@ async def run_backend(uri: str, backend: str, args: argparse.Namespace, scale: d
                       ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     from inferloop.registry import AsyncRegistry
 
-    scales = [scale.get(mode, (args.replicas, args.models)) for mode in args.modes]
+    scales = [(r, min(m, args.models)) for r, m in (scale.get(mode, (args.replicas, args.models)) for mode in args.modes)]
     with_v2 = {m for _, models_n in scales for m in _promoted(models_n, args.promotions)}
     setup_s = await setup(uri, args.models, with_v2, args.setup_concurrency)
     setup_s["v2"] = len(with_v2)
