@@ -447,7 +447,6 @@ class AsyncRegistry:
         exists now, so no event of the next move can be at or before it: that move's `log_seq`."""
         pos: tuple[int, str | None] | None = None
         if current is not None and current.move_id and current.move_id not in self._logged_moves:
-            await self._record_change(name, stage, current)  # its writer may have died before that too
             if current.log_seq is None:
                 await self._log_legacy_move_if_missing(name, stage, current)
             else:
@@ -496,6 +495,10 @@ class AsyncRegistry:
                 pos = await self._scan_move(name, pointer.move_id, pos, found, needed)
                 if needed <= found:
                     break
+        if recovered and not needed <= found:
+            # its writer died before logging it, so perhaps before advancing the change record too
+            # (a move that was logged was recorded first: it is not recorded again here)
+            await self._record_change(name, stage, pointer)
         for kind, fields in wanted:
             while kind not in found:
                 steps += 1

@@ -61,8 +61,8 @@ def resolve_registry(flag: str | None = None, root: Path | None = None) -> str:
     """The registry URI a command uses: `flag` (its --registry), then INFERLOOP_REGISTRY, then the
     project config, then the default. Scripts that register models (examples/models/*/model.py) call
     it too, so they write where `inferloop serve` and `inferloop registry` will look."""
-    if flag:
-        return flag
+    if flag is not None:
+        return flag  # as given, even empty: opening it says what is wrong, never a silent fallback
     return os.environ.get("INFERLOOP_REGISTRY") or configured_registry(root) or DEFAULT_REGISTRY_URI
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Iterable
 
 from inferloop.gateway.serving.poller import StagePoller
@@ -35,6 +36,7 @@ class ChangeFeed:
         self.live = False  # the registry has a record and the pollers follow it
         self.rounds = 0
         self.pokes = 0
+        self._read_at = 0.0
         self.full_scans = 0
 
     async def run(self) -> None:
@@ -56,6 +58,9 @@ class ChangeFeed:
 
     async def poll_once(self) -> None:
         state = await self.registry.poll_changes(self.etag)
+        # every move this record names was written to its pointer before now: a poller whose read
+        # started later has seen it, only earlier readers need a poke
+        self._read_at = time.monotonic()
         self.rounds += 1
         if state is None:
             return  # unchanged
@@ -76,8 +81,11 @@ class ChangeFeed:
         self.generation = record.generation
         self._follow(True)
 
-    def _poke(self, pollers: Iterable[StagePoller]) -> None:
+    def _poke(self, pollers: Iterable[StagePoller], *, all_of_them: bool = False) -> None:
         for poller in pollers:
+            started = poller.round_started
+            if not all_of_them and (started is None or started > self._read_at):
+                continue  # its first read, or its latest one, comes after the record's: nothing to catch up
             self.pokes += 1
             poller.poke()
 
@@ -88,8 +96,8 @@ class ChangeFeed:
         interval = self.settings.full_scan_interval_s if live else self.settings.poll_interval_s
         for poller in self.pollers.values():
             poller.interval_s = max(interval, self.settings.poll_interval_s)
-        if not live:
-            self._poke(self.pollers.values())  # they sleep the long interval: wake them to poll again
+        if not live:  # they sleep the long interval: wake them all to poll at their own again
+            self._poke(self.pollers.values(), all_of_them=True)
         if live:
             log.info("following the registry's change record: %d pointer(s) read every %gs as a safety net",
                      len(self.pollers), interval)

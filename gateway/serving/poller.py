@@ -53,6 +53,7 @@ class StagePoller:
         self.pointer: StagePointer | None = None
         self.seen = False  # the pointer has been read at least once
         self.polls = 0  # completed rounds (a round that saw the registry)
+        self.round_started: float | None = None  # monotonic time the last pointer read was sent
         self.errors = 0
         self.last_error: str | None = None
         self._retry_at = 0.0
@@ -80,8 +81,12 @@ class StagePoller:
             except Exception:  # noqa: BLE001 - the poller must outlive any single bad round
                 log.exception("poller for %s %s: unexpected error", self.stage.name, self.stage.stage)
                 delay = self.settings.retry_max_s
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that lands as the
+            # event fires (a poke), and the poller would then sleep out a whole (safety-net) interval
+            # while the gateway waits for it to stop
             try:
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
 
@@ -97,6 +102,7 @@ class StagePoller:
         name, stage = self.stage.name, self.stage.stage
         try:
             async with self._limit:
+                self.round_started = time.monotonic()
                 state = await self.registry.poll_pointer(name, stage, self.etag)
         except RegistryError as exc:
             self.errors += 1
