@@ -89,6 +89,9 @@ def register_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--full-scan-interval", type=float, metavar="S",
                    help="with the change record, read every pointer this often as a safety net "
                         "(env INFERLOOP_FULL_SCAN_INTERVAL, default 300)")
+    p.add_argument("--registry-watch", choices=["on", "off"],
+                   help="on a file:// registry, re-read the change record as soon as it is replaced (inotify) "
+                        "(env INFERLOOP_REGISTRY_WATCH, default on)")
     p.add_argument("--max-concurrent-polls", type=int, metavar="N",
                    help="pointer reads in flight at once (env INFERLOOP_MAX_CONCURRENT_POLLS, default 16)")
     p.add_argument("--swap-wait", type=float, metavar="S",

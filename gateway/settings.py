@@ -115,6 +115,9 @@ class RegistrySettings(Settings, frozen=True):
     """While the change record is followed, every pointer is still read this often (a safety net)."""
     max_concurrent_polls: PositiveInt = 16
     """Pointer reads in flight at once over all models (spreads start-up and full scans)."""
+    watch: bool = True
+    """On a file:// registry (Linux), re-read the change record as soon as a writer replaces it
+    (inotify), besides polling it: promotions arrive in milliseconds instead of up to one interval."""
 
 
 class BatchingSettings(Settings, frozen=True):
@@ -233,6 +236,7 @@ SOURCES: dict[tuple[str, str], tuple[str, str]] = {
     ("registry", "change_record"): ("change_record", "INFERLOOP_CHANGE_RECORD"),
     ("registry", "full_scan_interval_s"): ("full_scan_interval", "INFERLOOP_FULL_SCAN_INTERVAL"),
     ("registry", "max_concurrent_polls"): ("max_concurrent_polls", "INFERLOOP_MAX_CONCURRENT_POLLS"),
+    ("registry", "watch"): ("registry_watch", "INFERLOOP_REGISTRY_WATCH"),
     ("batching", "enabled"): ("batching", "INFERLOOP_BATCHING"),
     ("batching", "max_batch_size"): ("max_batch_size", "INFERLOOP_MAX_BATCH_SIZE"),
     ("batching", "max_delay_ms"): ("max_batch_delay_ms", "INFERLOOP_MAX_BATCH_DELAY_MS"),

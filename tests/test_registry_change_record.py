@@ -166,3 +166,21 @@ def test_a_registry_without_a_record_is_polled_pointer_by_pointer(tmp_path: Path
         gw.wait_serving("m", v3)
         eventually(lambda: feed.live, 10, "following the record")
         assert poller.interval_s == 3600.0
+
+
+def test_a_file_registry_pushes_changes_through_inotify(tmp_path: Path) -> None:
+    """With a 60 s poll interval, a promotion still reaches the replica well within that: the feed
+    re-reads the record when a writer replaces it (inotify on the registry root), besides polling it."""
+    uri = f"file://{tmp_path / 'reg'}"
+    with Registry.open(uri) as reg:
+        v1, v2 = (register_tiny(reg, "m", s) for s in (1, 2))
+        reg.promote("m", v1, "production")
+    with ThreadedGateway(settings_for(uri, ["m"], tmp_path, poll_interval=60.0, registry={"poll_jitter": 0.0})) as gw:
+        gw.wait_serving("m", v1)
+        feed = gw.app.state.change_feed
+        eventually(lambda: feed.live, 10, "following the record")
+        rounds = feed.rounds
+        with Registry.open(uri) as reg:
+            reg.promote("m", v2, "production")
+        gw.wait_serving("m", v2, timeout=20)  # the next poll is a minute away
+        assert feed.rounds > rounds

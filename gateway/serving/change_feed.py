@@ -15,10 +15,12 @@ import logging
 import random
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
+from inferloop.gateway.serving.file_watch import FileWatch
 from inferloop.gateway.serving.poller import StagePoller
 from inferloop.gateway.settings import RegistrySettings
-from inferloop.registry import AsyncRegistry, RegistryError
+from inferloop.registry import AsyncRegistry, RegistryError, layout
 from inferloop.registry.change_record import changed_since
 
 log = logging.getLogger("inferloop.gateway")
@@ -39,7 +41,28 @@ class ChangeFeed:
         self._read_at = 0.0
         self.full_scans = 0
 
+    def _watch(self) -> FileWatch | None:
+        """inotify on a file registry's root, when enabled and available: the record is re-read as soon
+        as a writer replaces it (still polled at the interval, for writes inotify cannot see)."""
+        root = getattr(self.registry.store, "root", None)
+        if not self.settings.watch or not self.registry.uri.startswith("file://") or root is None:
+            return None
+        watch = FileWatch(Path(root), layout.CHANGES)
+        if not watch.start():
+            log.info("no inotify watch on %s: the change record is polled every %gs", root,
+                     self.settings.poll_interval_s)
+            return None
+        return watch
+
     async def run(self) -> None:
+        watch = self._watch()
+        try:
+            await self._run(watch)
+        finally:
+            if watch is not None:
+                watch.close()
+
+    async def _run(self, watch: FileWatch | None) -> None:
         while True:
             try:
                 await self.poll_once()
@@ -54,7 +77,16 @@ class ChangeFeed:
             except Exception:  # noqa: BLE001 - the feed must outlive any single bad round
                 log.exception("change feed: unexpected error")
             j = self.settings.poll_jitter
-            await asyncio.sleep(self.settings.poll_interval_s * self._rng.uniform(1 - j, 1 + j))
+            delay = self.settings.poll_interval_s * self._rng.uniform(1 - j, 1 + j)
+            if watch is None:
+                await asyncio.sleep(delay)
+                continue
+            try:
+                async with asyncio.timeout(delay):
+                    await watch.changed.wait()
+            except TimeoutError:
+                pass
+            watch.changed.clear()
 
     async def poll_once(self) -> None:
         state = await self.registry.poll_changes(self.etag)
