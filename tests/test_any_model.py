@@ -385,9 +385,13 @@ def test_bool_and_fp16_inputs_with_a_dynamic_axis_batch_by_shape(tmp_path: Path)
         gw.plane.observe("masked", type("Sizes", (), {"on_batch": lambda _self, b: sizes.append(len(b.inputs))})())
         threads = [threading.Thread(target=send, args=(i,)) for i in range(len(cases))]
         with device_busy(batcher):
-            for t in threads:
+            # the first request alone takes the (held) device; the rest queue behind it together. Sent
+            # all at once, two could share the first batch, and that batch would then be split by shape
+            threads[0].start()
+            eventually(lambda: batcher.in_flight == 1, 30, "the first request on the device")
+            for t in threads[1:]:
                 t.start()
-            eventually(lambda: batcher.queued_requests + batcher.in_flight == len(cases), 30, "all queued")
+            eventually(lambda: batcher.queued_requests == len(cases) - 1, 30, "the rest queued")
         for t in threads:
             t.join(30)
     for (values, _mask, _), got in zip(cases, results, strict=True):
