@@ -222,7 +222,8 @@ class Traffic:
     def stop(self) -> None:
         self._stop.set()
         for t in self._threads:
-            t.join(30)
+            if t.ident is not None:  # started (a Ctrl-C can land between creating and starting them)
+                t.join(30)
 
     @property
     def served(self) -> int:
