@@ -79,14 +79,18 @@ async def poll_changes(store: ObjectStore, etag: str | None) -> ChangeState | No
     return ChangeState(_decode(obj.data), obj.etag)
 
 
-def changed_since(record: ChangeRecord, generation: int) -> set[tuple[str, str]] | None:
-    """(model, stage) moved after `generation`; None when the record no longer reaches back that far
-    (or went backwards: a restored bucket), so the reader must read every pointer."""
+def changed_since(record: ChangeRecord, generation: int, move_id: str) -> set[tuple[str, str]] | None:
+    """(model, stage) moved after `generation`, whose entry held `move_id` when the reader last read the
+    record; None when the record cannot say (that entry is gone from it, or holds another move: the
+    record was recreated or restored), so the reader must read every pointer."""
     if record.generation < generation:
         return None
-    if record.generation == generation:
-        return set()
-    first = record.changes[0].generation if record.changes else record.generation + 1
-    if first > generation + 1:
+    seen = next((c for c in record.changes if c.generation == generation), None)
+    if seen is None or seen.move_id != move_id:
         return None
     return {(c.model, c.stage) for c in record.changes if c.generation > generation}
+
+
+def last_move(record: ChangeRecord) -> str:
+    """The newest entry's move id: what a reader keeps with the generation, for `changed_since`."""
+    return record.changes[-1].move_id if record.changes else ""

@@ -48,11 +48,12 @@ def test_every_move_advances_the_record_once(registry_uri: str) -> None:
 
 def test_changed_since_names_the_moves_or_asks_for_a_full_scan() -> None:
     record = ChangeRecord(7, [Change(g, f"m{g}", "production", f"id{g}", 1, "") for g in (5, 6, 7)])
-    assert changed_since(record, 7) == set()
-    assert changed_since(record, 5) == {("m6", "production"), ("m7", "production")}
-    assert changed_since(record, 4) == {("m5", "production"), ("m6", "production"), ("m7", "production")}
-    assert changed_since(record, 3) is None  # move 4 is no longer in the record: read every pointer
-    assert changed_since(record, 9) is None  # the record went backwards (a restored bucket)
+    assert changed_since(record, 7, "id7") == set()
+    assert changed_since(record, 5, "id5") == {("m6", "production"), ("m7", "production")}
+    assert changed_since(record, 4, "id4") is None  # move 4 is no longer in the record: read every pointer
+    assert changed_since(record, 9, "id9") is None  # the record went backwards (a restored bucket)
+    # recreated (deleted, restored): the same generation number holds another move
+    assert changed_since(record, 7, "another") is None
 
 
 def test_racing_writers_never_lose_or_repeat_a_change(registry_uri: str) -> None:
@@ -184,3 +185,23 @@ def test_a_file_registry_pushes_changes_through_inotify(tmp_path: Path) -> None:
             reg.promote("m", v2, "production")
         gw.wait_serving("m", v2, timeout=20)  # the next poll is a minute away
         assert feed.rounds > rounds
+
+
+def test_a_recreated_record_is_not_taken_for_the_same_one(tmp_path: Path) -> None:
+    """The record deleted and written again (a restore, an operator) restarts its generations: the
+    replica that saw generation 1 and then reads another generation 1 reads every pointer, instead of
+    concluding that nothing moved."""
+    uri = f"file://{tmp_path / 'reg'}"
+    with Registry.open(uri) as reg:
+        v1, v2 = (register_tiny(reg, "m", s) for s in (1, 2))
+        reg.promote("m", v1, "production")  # the record's generation 1
+    registry = {"full_scan_interval_s": 3600.0, "watch": False, "poll_jitter": 0.0}
+    with ThreadedGateway(settings_for(uri, ["m"], tmp_path, poll_interval=2.0, registry=registry)) as gw:
+        gw.wait_serving("m", v1)
+        feed = gw.app.state.change_feed
+        eventually(lambda: feed.live and feed.generation == 1, 10, "following generation 1")
+        (tmp_path / "reg" / "changes.json").unlink()
+        with Registry.open(uri) as reg:
+            reg.promote("m", v2, "production")  # a new record: generation 1 again, another move
+        assert _changes(uri).generation == 1
+        gw.wait_serving("m", v2)  # the next record poll sees another move at generation 1

@@ -21,7 +21,7 @@ from inferloop.gateway.serving.file_watch import FileWatch
 from inferloop.gateway.serving.poller import StagePoller
 from inferloop.gateway.settings import RegistrySettings
 from inferloop.registry import AsyncRegistry, RegistryError, layout
-from inferloop.registry.change_record import changed_since
+from inferloop.registry.change_record import changed_since, last_move
 
 log = logging.getLogger("inferloop.gateway")
 
@@ -35,6 +35,7 @@ class ChangeFeed:
         self._rng = rng or random.Random()
         self.etag: str | None = None
         self.generation: int | None = None  # the record's generation every poller has caught up with
+        self._move_id = ""  # the move of that generation: a recreated record reuses generation numbers
         self.live = False  # the registry has a record and the pollers follow it
         self.rounds = 0
         self.pokes = 0
@@ -104,13 +105,13 @@ class ChangeFeed:
             self._follow(False)
             self.generation = None
             return
-        changed = changed_since(record, self.generation) if self.generation is not None else None
+        changed = changed_since(record, self.generation, self._move_id) if self.generation is not None else None
         if changed is None:  # first sight, a gap, or a record that went backwards: read every pointer
             self.full_scans += 1
             self._poke(self.pollers.values())
         else:
             self._poke(p for key, p in self.pollers.items() if key in changed)
-        self.generation = record.generation
+        self.generation, self._move_id = record.generation, last_move(record)
         self._follow(True)
 
     def _poke(self, pollers: Iterable[StagePoller], *, all_of_them: bool = False) -> None:
