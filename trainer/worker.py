@@ -57,4 +57,11 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    code = main(sys.argv[1:])
+    # The result is written and the process group is gone: leave without interpreter finalisation.
+    # Arrow's thread pool can still hold the last reference to a table (the entrypoint's data) and
+    # abort in its destructor at exit ("terminate called without an active exception", SIGABRT),
+    # which torchrun reports as a failed rank after the build succeeded.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
