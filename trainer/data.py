@@ -33,7 +33,7 @@ class Dataset(msgspec.Struct, frozen=True):
     x: np.ndarray  # float32, rows × features, in the policy's feature order
     y: np.ndarray  # float32, rows
     lineage: DataLineage
-    table: pa.Table | None = None  # every column of every partition, in order (what entrypoints receive)
+    table: pa.Table  # every column of every partition, in order (what entrypoints receive)
 
 
 def resolve_window(window: DataSource, source: str | None = None, s3_endpoint: str | None = None

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import msgspec
 import numpy as np
 
-from inferloop.policy import BUILTIN_ENTRYPOINT, METRICS, Policy, ValidationPolicy
+from inferloop.policy import ALL_METRICS, BUILTIN_ENTRYPOINT, Policy, ValidationPolicy
 from inferloop.registry import Conflict, Registry, RegistryError
 from inferloop.registry.lineage import capture_code, packages_digest
 from inferloop.registry.manifest import EntrypointLineage, InputSignature, ValidationRecord, VersionManifest
@@ -35,7 +35,6 @@ from inferloop.trainer.partition_source import open_source
 from inferloop.trainer.spec import TrainSpec
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_ERROR = 0, 1, 2
-METRICS_COMPUTED = sorted({m for ms in METRICS.values() for m in ms})
 
 
 class BuildRequest(msgspec.Struct, frozen=True):
@@ -178,7 +177,6 @@ def execute(request: BuildRequest, dist: DistInfo = SINGLE_PROCESS, progress: Pr
     data = load_dataset(spec.data_uri, spec.partitions, spec.features, spec.target, spec.kind,
                         expected=request.reproduce.lineage.data if request.reproduce is not None else None,
                         s3_endpoint=request.s3_endpoint)
-    assert data.table is not None
     train_idx, hold_idx = training_split(data.y, spec.holdout_fraction, spec.seed, spec.kind, spec.target)
     device = resolve_device(spec.device, dist)
     if dist.is_main:
@@ -275,7 +273,7 @@ def _as_result(returned: Any, name: str) -> TrainResult:
     elif not (isinstance(model, bytes | bytearray) or type(model).__name__ == "ModelProto"):
         raise EntrypointError(f"training.entrypoint {name!r} returned a {type(model).__name__}: return a "
                               "torch.nn.Module, an ONNX model (onnx.ModelProto) or a TrainResult")
-    for key, value in (*result.metrics.items(),):
+    for key, value in result.metrics.items():
         if not isinstance(value, int | float) or not np.isfinite(value):
             raise EntrypointError(f"training.entrypoint {name!r} returned metric {key!r} = {value!r}: metrics "
                                   "must be finite numbers")
@@ -338,7 +336,7 @@ def _predict(runnable: Any, signature: InputSignature, plan_: model_inputs.Input
 
 
 def _training_metrics(values: dict[str, float]) -> dict[str, float]:
-    taken = sorted(set(values) & set(METRICS_COMPUTED))
+    taken = sorted(set(values) & set(ALL_METRICS))
     if taken:
         raise TrainerError(f"training metric(s) {', '.join(taken)}: the trainer computes these on the holdout "
                            "for the gates; log yours under another name (e.g. train_" + taken[0] + ")")

@@ -5,6 +5,7 @@ model names with the registry's own rules)."""
 from __future__ import annotations
 
 from .schema import (
+    ALL_METRICS,
     BUILTIN_ENTRYPOINT,
     METRICS,
     MLP_KEYS,
@@ -27,7 +28,7 @@ from .schema import (
 )
 
 __all__ = [
-    "BUILTIN_ENTRYPOINT", "METRICS", "MLP_KEYS", "DataSource", "Direction", "Kind", "MonitorMethods", "MonitorPolicy", "NotifyTarget", "Policy",
+    "ALL_METRICS", "BUILTIN_ENTRYPOINT", "METRICS", "MLP_KEYS", "DataSource", "Direction", "Kind", "MonitorMethods", "MonitorPolicy", "NotifyTarget", "Policy",
     "PolicyError", "PsiMethod", "ShadowPolicy", "TrainingPolicy", "TriggerPolicy", "ValidationPolicy",
     "load_policies", "load_policy", "parse_policy",
 ]

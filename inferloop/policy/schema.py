@@ -28,7 +28,7 @@ METRICS: dict[str, dict[str, Direction]] = {
     "regression": {"rmse": "lower", "mae": "lower", "r2": "higher"},
     "binary": {"f1": "higher", "accuracy": "higher", "auc": "higher"},
 }
-_ALL_METRICS = sorted({m for ms in METRICS.values() for m in ms})
+ALL_METRICS = sorted({m for ms in METRICS.values() for m in ms})  # every metric the trainer computes
 
 
 class PolicyError(RegistryError, ValueError):
@@ -194,14 +194,14 @@ class ValidationPolicy(_Section, frozen=True):
         _finite(self.tolerance, "validation.tolerance")
         _require(bool(self.thresholds()),
                  f"validation needs at least one threshold: min_<metric> or max_<metric> "
-                 f"with metric one of {', '.join(_ALL_METRICS)}")
+                 f"with metric one of {', '.join(ALL_METRICS)}")
         for _, _, metric, value in self.thresholds():
             _finite(value, f"validation threshold on {metric}")
 
     def thresholds(self) -> list[tuple[str, Literal["min", "max"], str, float]]:
         """(key, bound, metric, value) for every bound set, in a fixed order."""
         out: list[tuple[str, Literal["min", "max"], str, float]] = []
-        for metric in _ALL_METRICS:
+        for metric in ALL_METRICS:
             for bound in ("min", "max"):
                 key = f"{bound}_{metric}"
                 value = getattr(self, key)
