@@ -122,11 +122,15 @@ class RegistrySettings(Settings, frozen=True):
 
 class BatchingSettings(Settings, frozen=True):
     enabled: bool = True
-    """Off: every request runs its own forward pass (still off the event loop)."""
+    """Off: every request runs its own forward pass (where: as for a batch, see `inline_max_ms`)."""
     max_batch_size: PositiveInt = 64
     """Rows per forward pass at most (a single larger request still runs as one batch)."""
     max_delay_ms: Annotated[float, msgspec.Meta(ge=0)] = 2.0
-    """How long the first queued request waits for company before its batch runs."""
+    """The longest a batch is held back for company: an upper bound, used only when measurements say
+    waiting pays (`serving/batch_wait.py`)."""
+    inline_max_ms: Annotated[float, msgspec.Meta(ge=0)] = 0.25
+    """A CPU forward predicted to take at most this long runs on the event loop instead of the device
+    thread, whose hand-off costs more than such a forward (0: always the device thread)."""
     swap_wait_s: Positive = 30.0
     """How long queued requests wait while a model is switched in the memory-safe order."""
 
@@ -240,6 +244,7 @@ SOURCES: dict[tuple[str, str], tuple[str, str]] = {
     ("batching", "enabled"): ("batching", "INFERLOOP_BATCHING"),
     ("batching", "max_batch_size"): ("max_batch_size", "INFERLOOP_MAX_BATCH_SIZE"),
     ("batching", "max_delay_ms"): ("max_batch_delay_ms", "INFERLOOP_MAX_BATCH_DELAY_MS"),
+    ("batching", "inline_max_ms"): ("inline_forward_max_ms", "INFERLOOP_INLINE_FORWARD_MAX_MS"),
     ("batching", "swap_wait_s"): ("swap_wait", "INFERLOOP_SWAP_WAIT"),
     ("runtime", "device"): ("device", "INFERLOOP_DEVICE"),
     ("runtime", "cache_versions"): ("cache_versions", "INFERLOOP_CACHE_VERSIONS"),

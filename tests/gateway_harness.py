@@ -11,7 +11,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -114,6 +115,24 @@ class ThreadedGateway:
         r = self.client.get(f"/admin/models/{model}", headers=AUTH)
         assert r.status_code == 200, r.text
         return r.json()
+
+    @contextmanager
+    def loop_blocked(self) -> Iterator[None]:
+        """Hold the server's event loop (as one long callback would) until the block ends: what
+        clients send meanwhile waits in the kernel and is read together afterwards."""
+        loop = self.server.servers[0].get_loop()
+        entered, gate = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            entered.set()
+            gate.wait(60)
+
+        loop.call_soon_threadsafe(hold)
+        assert entered.wait(30), "the event loop did not run the blocking callback"
+        try:
+            yield
+        finally:
+            gate.set()
 
 
 class GatewayProcess:

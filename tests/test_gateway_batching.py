@@ -6,6 +6,8 @@ requests share a batch is certain."""
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -189,3 +191,146 @@ def test_the_wait_is_bounded_by_the_fixed_cost_it_saves_and_by_max_delay() -> No
     never = BatchWait(max_wait_s=0.0)
     never.observe(1, 1e-4, 10)
     assert never.seconds() == 0.0
+
+
+def _forwards(gw: ThreadedGateway) -> dict[str, int]:
+    return gw.status(MODEL)["batching"]["forwards"]
+
+
+@pytest.mark.parametrize("inline_max_ms", [1000.0, 0.0])
+def test_short_cpu_forwards_run_on_the_event_loop_once_measured(registry_with_model, tmp_path,
+                                                                 inline_max_ms) -> None:
+    """Observed: a sequential client's first forwards run on the device thread, to be measured; after
+    `MEASURED_BEFORE_INLINE` of them every forward the fit predicts shorter than `inline_max_ms` runs
+    on the event loop (a budget no forward of the tiny model reaches here, so which one is certain);
+    with a budget of 0 none does. Answers are the same either way, and a newly promoted version is
+    measured afresh before any of its forwards runs on the loop."""
+    from inferloop.gateway.serving.batcher import MEASURED_BEFORE_INLINE
+
+    uri, version = registry_with_model
+    settings = settings_for(uri, [MODEL], tmp_path, batching={"inline_max_ms": inline_max_ms})
+    rows = [[0.01 * i] * 8 for i in range(30)]
+    with ThreadedGateway(settings) as gw:
+        gw.wait_serving(MODEL, version)
+        answers = [gw.client.post(f"/v2/models/{MODEL}/infer", json=infer_body([r])) for r in rows]
+        first = _forwards(gw)
+        with Registry.open(uri) as reg:
+            v2 = register_tiny(reg, MODEL, seed=5)
+            reg.promote(MODEL, v2, "production")
+        gw.wait_serving(MODEL, v2)
+        for r in rows:
+            assert gw.client.post(f"/v2/models/{MODEL}/infer", json=infer_body([r])).status_code == 200
+        second = _forwards(gw)
+        together = gw.client.post(f"/v2/models/{MODEL}/infer", json=infer_body(rows[:1]))
+    assert all(a.status_code == 200 for a in answers)
+    if inline_max_ms:
+        assert first == {"device_thread": MEASURED_BEFORE_INLINE, "inline": len(rows) - MEASURED_BEFORE_INLINE}
+        assert second == {"device_thread": 2 * MEASURED_BEFORE_INLINE, "inline": 2 * (len(rows) - MEASURED_BEFORE_INLINE)}
+    else:
+        assert first == {"device_thread": len(rows), "inline": 0}
+        assert second == {"device_thread": 2 * len(rows), "inline": 0}
+    assert together.headers["x-model-version"] == str(v2)
+    with Registry.open(uri) as reg:  # the loop's answers are the model's: compare with a local forward
+        local = reg.load_runnable(MODEL, version).run([np.asarray(rows, dtype=np.float32)])[0]
+    np.testing.assert_allclose([a.json()["outputs"][0]["data"][0] for a in answers], local[:, 0], rtol=1e-6)
+
+
+def test_with_forwards_on_the_event_loop_requests_that_arrive_together_share_a_batch(
+        registry_with_model, tmp_path) -> None:
+    """Observed: with forwards running on the event loop, requests that arrive while the loop is busy
+    (here: held) are read together and run as one batch, so batches still grow with load. The
+    requests are sent on open keep-alive connections while the loop is held, then it is let go."""
+    uri, version = registry_with_model
+    settings = settings_for(uri, [MODEL], tmp_path, batching={"inline_max_ms": 1000.0})
+    n = 12
+    with ThreadedGateway(settings) as gw:
+        gw.wait_serving(MODEL, version)
+        for _ in range(10):  # measured on the device thread first
+            gw.client.post(f"/v2/models/{MODEL}/infer", json=infer_body([[0.1] * 8]))
+        recorder = Recorder()
+        gw.plane.observe(MODEL, recorder)
+        port = int(gw.url.rsplit(":", 1)[1])
+        socks = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(n)]
+        try:
+            for i, sock in enumerate(socks):  # a first request on each connection: it is open and idle
+                sock.sendall(_raw_infer(f"warm-{i}", [[0.2] * 8]))
+                _read_response(sock)
+            before = _forwards(gw)
+            recorder.batches.clear()
+            with gw.loop_blocked():
+                for i, sock in enumerate(socks):
+                    sock.sendall(_raw_infer(f"together-{i}", [[0.01 * i] * 8]))
+            answers = [_read_response(sock) for sock in socks]
+        finally:
+            for sock in socks:
+                sock.close()
+        after = _forwards(gw)
+    assert all(status == 200 for status, _ in answers)
+    together = [b for b in recorder.batches if any(rid.startswith("together-") for rid in b.request_ids)]
+    assert [len(b.request_ids) for b in together] == [n]  # one batch, all of them
+    assert after["inline"] == before["inline"] + 1 and after["device_thread"] == before["device_thread"]
+
+
+def _raw_infer(request_id: str, rows: list[list[float]]) -> bytes:
+    body = json.dumps(infer_body(rows)).encode()
+    return (f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n"
+            f"x-request-id: {request_id}\r\ncontent-length: {len(body)}\r\n\r\n").encode() + body
+
+
+def _read_response(sock: socket.socket) -> tuple[int, bytes]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed before a response"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return int(head.split(b" ", 2)[1]), body
+
+
+def test_the_forward_time_prediction_behind_inline_forwards() -> None:
+    """Observed, on the estimator alone: nothing measured predicts infinity (the device thread);
+    measured at one batch size only, time is taken as proportional beyond it (an upper bound);
+    with a spread of sizes, the fitted line; `reset` forgets the costs but not the arrival rate."""
+    wait = BatchWait(max_wait_s=0.002)
+    assert wait.predict(1) == float("inf")
+    for _ in range(20):
+        wait.observe(1, 30e-6, rows_arrived_meanwhile=1)
+    assert abs(wait.predict(1) - 30e-6) < 1e-9 and abs(wait.predict(64) - 64 * 30e-6) < 1e-9
+    for rows in [1, 8, 32, 64] * 50:
+        wait.observe(rows, 30e-6 + rows * 2e-6, rows_arrived_meanwhile=rows)
+    assert abs(wait.predict(100) - (30e-6 + 100 * 2e-6)) < 2e-6
+    rate = wait.arrival_rows_per_s
+    wait.reset()
+    assert wait.predict(1) == float("inf") and wait.observations == 0 and wait.arrival_rows_per_s == rate
+
+
+def test_run_here_sets_up_the_calling_thread_like_the_device_thread() -> None:
+    """torch's thread count is per thread: a forward on the event loop must not run with torch's
+    default (every core) when the gateway was told `--torch-threads 1`."""
+    import torch
+
+    from inferloop.gateway.serving.device import DeviceExecutor
+
+    executor = DeviceExecutor("cpu", "infer", torch_threads=1)
+    seen: list[int] = []
+    try:
+        def probe() -> None:
+            seen.append(executor.run_here(torch.get_num_threads))
+
+        t = threading.Thread(target=probe)
+        t.start()
+        t.join(30)
+        assert executor.can_run_here
+        held = threading.Event()
+        busy = executor.submit(held.wait)
+        assert not executor.can_run_here  # the device thread has work: forwards queue behind it
+        held.set()
+        busy.result(30)
+        eventually(lambda: executor.can_run_here, 30, "the device thread to be idle again")
+    finally:
+        executor.shutdown()
+    assert seen == [1]

@@ -11,7 +11,9 @@ latency. So the batcher waits only when, by its own measurements,
 - the wait is no longer than the fixed cost it saves, and never longer than `max_delay_ms`.
 
 The fixed and per-row costs come from an exponentially weighted least-squares fit of forward time
-against batch rows, so they follow the model, the device and the machine's load.
+against batch rows, so they follow the model, the device and the machine's load. The same fit
+predicts a batch's forward time, which decides whether it runs on the event loop (see the batcher).
+A new version starts a new fit (`reset`): another model's costs say nothing about this one's.
 """
 
 from __future__ import annotations
@@ -26,10 +28,29 @@ class BatchWait:
         self.fixed_s = 0.0
         self.per_row_s = 0.0
         self.arrival_rows_per_s = 0.0
+        self.observations = 0
+
+    def reset(self) -> None:
+        """Forget the cost fit (the model changed); the arrival rate is the load's, so it stays."""
+        self._w = self._x = self._y = self._xx = self._xy = 0.0
+        self.fixed_s = self.per_row_s = 0.0
+        self.observations = 0
+
+    def predict(self, rows: int) -> float:
+        """Expected forward seconds for a batch of `rows` (inf before any measurement). With no spread
+        of batch sizes yet, time is taken as proportional to rows beyond the sizes seen: an upper
+        bound, since part of it is fixed."""
+        if self.observations == 0:
+            return float("inf")
+        if self.per_row_s == 0.0:
+            mean_x = self._x / self._w
+            return self.fixed_s * max(1.0, rows / mean_x)
+        return self.fixed_s + self.per_row_s * rows
 
     def observe(self, rows: int, seconds: float, rows_arrived_meanwhile: int) -> None:
         """After each forward: its size and time, and how many rows were queued while it ran."""
         k = self._keep
+        self.observations += 1
         x, y = float(rows), seconds
         self._w = self._w * k + 1.0
         self._x = self._x * k + x

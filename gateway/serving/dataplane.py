@@ -230,5 +230,5 @@ class DataPlane:
             "stages": stages,
             "batching": {"enabled": self.settings.batching.enabled, "queued_rows": batcher.queued_rows,
                          "batches": batcher.batches, "observers": [type(o).__name__ for o in batcher.observers],
-                         "wait": batcher.wait.describe()},
+                         "forwards": dict(batcher.forwards), "wait": batcher.wait.describe()},
         }

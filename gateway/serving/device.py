@@ -1,13 +1,16 @@
 """Devices: which one to use, one executor thread per device for torch work, and free memory.
 
-torch calls never run on the event loop. Each device gets one thread for inference (batches on one
-device serialise anyway, and one thread keeps CUDA streams and caches predictable); loading and
-warm-up use a separate thread so a slow load never stalls serving.
+Each device gets one thread for inference (batches on one device serialise anyway, and one thread
+keeps CUDA streams and caches predictable); loading and warm-up use a separate thread so a slow
+load never stalls serving. The one exception is a CPU forward measured to be shorter than the
+hand-off itself would cost (`run_here`, chosen by the batcher): it runs on the caller's thread,
+and only while the device thread has nothing to do, so forwards on one device still never overlap.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -50,6 +53,22 @@ class DeviceExecutor:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"inferloop-{role}-{device}",
                                         initializer=self._init_thread)
         self._closed = False
+        self._busy = 0  # calls queued or running on the thread
+        self._busy_lock = threading.Lock()
+        self._ready = threading.local()  # threads set up for torch work (`_init_thread` done)
+
+    @property
+    def can_run_here(self) -> bool:
+        """A forward may run on the caller's thread now: CPU (a CUDA forward's result waits for the
+        GPU) and nothing queued or running on the device thread."""
+        return self._busy == 0 and self.device == "cpu"
+
+    def run_here(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn` on the calling thread (the event loop), set up as the device thread is. Only for
+        work shorter than a hand-off (~40–80 µs of CPU and two context switches): it blocks the caller."""
+        if not getattr(self._ready, "done", False):
+            self._init_thread()
+        return fn(*args)
 
     def _init_thread(self) -> None:
         import torch
@@ -58,13 +77,25 @@ class DeviceExecutor:
             torch.set_num_threads(self._torch_threads)
         if self.device.startswith("cuda"):
             torch.cuda.set_device(self.device)
+        self._ready.done = True  # torch's thread count is per thread: the caller of `run_here` needs it too
+
+    def _count(self, delta: int) -> None:
+        with self._busy_lock:
+            self._busy += delta
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        self._count(1)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        finally:
+            self._count(-1)
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
         """Queue `fn` on the device thread from any thread (tests hold the device busy with it)."""
-        return self._pool.submit(fn, *args)
+        self._count(1)
+        future = self._pool.submit(fn, *args)
+        future.add_done_callback(lambda _f: self._count(-1))
+        return future
 
     def shutdown(self) -> None:
         if not self._closed:
