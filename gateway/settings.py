@@ -129,8 +129,9 @@ class BatchingSettings(Settings, frozen=True):
     """The longest a batch is held back for company: an upper bound, used only when measurements say
     waiting pays (`serving/batch_wait.py`)."""
     inline_max_ms: Annotated[float, msgspec.Meta(ge=0)] = 0.25
-    """A CPU forward predicted to take at most this long runs on the event loop instead of the device
-    thread, whose hand-off costs more than such a forward (0: always the device thread)."""
+    """At low concurrency (single-request batches), a CPU forward predicted to take at most this long
+    runs on the event loop instead of the device thread, whose hand-off costs more than such a
+    forward (0: always the device thread)."""
     swap_wait_s: Positive = 30.0
     """How long queued requests wait while a model is switched in the memory-safe order."""
 
