@@ -337,3 +337,44 @@ def test_run_here_sets_up_the_calling_thread_like_the_device_thread() -> None:
     finally:
         executor.shutdown()
     assert seen == [1]
+
+
+def test_the_device_executor_hands_results_and_errors_back_and_shutdown_drops_what_is_queued() -> None:
+    """Observed: `run` returns the function's result and raises its exception on the caller's loop,
+    in order, on the one named device thread; `shutdown` lets the running job finish, cancels what is
+    queued behind it (callers get CancelledError), and refuses new work."""
+    import asyncio
+    from concurrent.futures import CancelledError
+
+    from inferloop.gateway.serving.device import DeviceExecutor
+
+    executor = DeviceExecutor("cpu", "infer")
+
+    def boom() -> None:
+        raise ValueError("refused")
+
+    async def calls() -> tuple[list[str], str]:
+        names = await asyncio.gather(*(executor.run(lambda i=i: f"{i}:{threading.current_thread().name}")
+                                       for i in range(5)))
+        try:
+            await executor.run(boom)
+        except ValueError as exc:
+            return names, str(exc)
+        raise AssertionError("the exception did not reach the caller")
+
+    names, error = asyncio.run(calls())
+    assert names == [f"{i}:inferloop-infer-cpu" for i in range(5)] and error == "refused"
+    gate, started = threading.Event(), threading.Event()
+    running = executor.submit(lambda: (started.set(), gate.wait(30))[1])
+    queued = executor.submit(lambda: "never")
+    assert started.wait(30), "the first job did not start"
+    stopper = threading.Thread(target=executor.shutdown)
+    stopper.start()
+    eventually(lambda: queued.done(), 30, "the queued job to be dropped")
+    gate.set()
+    stopper.join(30)
+    assert running.result(30) is True
+    with pytest.raises(CancelledError):
+        queued.result(0)
+    with pytest.raises(RuntimeError, match="shut down"):
+        executor.submit(lambda: None)

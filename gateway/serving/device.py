@@ -10,9 +10,10 @@ and only while the device thread has nothing to do, so forwards on one device st
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -44,14 +45,21 @@ def resolve_device(wanted: str) -> str:
 
 
 class DeviceExecutor:
-    """A single named thread that runs torch work for one device (or for loading)."""
+    """A single named thread that runs torch work for one device (or for loading).
+
+    The hand-off is a queue and one `call_soon_threadsafe` back, not `run_in_executor`: that bridges
+    a `concurrent.futures.Future` (a lock and a condition each) to an asyncio one through callbacks
+    on both sides, which cost ~10 % of the event loop's time at 8 connections (py-spy), once per
+    batch, for nothing this single-thread case needs."""
 
     def __init__(self, device: str, role: str = "infer", torch_threads: int | None = None) -> None:
         self.device = device
         self.role = role
         self._torch_threads = torch_threads
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"inferloop-{role}-{device}",
-                                        initializer=self._init_thread)
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name=f"inferloop-{role}-{device}", daemon=True)
+        self._started = False
+        self._start_lock = threading.Lock()
         self._closed = False
         self._busy = 0  # calls queued or running on the thread
         self._busy_lock = threading.Lock()
@@ -79,28 +87,92 @@ class DeviceExecutor:
             torch.cuda.set_device(self.device)
         self._ready.done = True  # torch's thread count is per thread: the caller of `run_here` needs it too
 
+    def _work(self) -> None:
+        self._init_thread()
+        while (job := self._jobs.get()) is not None:
+            fn, args, settle = job
+            try:
+                result = fn(*args)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller, as an executor would
+                settle(None, exc)
+            else:
+                settle(result, None)
+            finally:
+                self._count(-1)
+            del job, fn, args, settle  # drop the batch's arrays before waiting for the next job
+
     def _count(self, delta: int) -> None:
         with self._busy_lock:
             self._busy += delta
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+    def _put(self, fn: Callable[..., Any], args: tuple[Any, ...], settle: _Settle) -> None:
+        if self._closed:
+            raise RuntimeError(f"the {self.role} executor for {self.device} is shut down")
+        if not self._started:
+            with self._start_lock:
+                if not self._started:
+                    self._thread.start()
+                    self._started = True
         self._count(1)
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
-        finally:
-            self._count(-1)
+        self._jobs.put((fn, args, settle))
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+
+        def settle(result: Any, exc: BaseException | None) -> None:
+            try:
+                loop.call_soon_threadsafe(_settle, future, result, exc)
+            except RuntimeError:  # the loop is closed: nobody waits for this any more
+                pass
+
+        self._put(fn, args, settle)
+        return await future
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
         """Queue `fn` on the device thread from any thread (tests hold the device busy with it)."""
-        self._count(1)
-        future = self._pool.submit(fn, *args)
-        future.add_done_callback(lambda _f: self._count(-1))
+        future: Future[T] = Future()
+
+        def settle(result: Any, exc: BaseException | None) -> None:
+            if exc is None:
+                future.set_result(result)
+            else:
+                future.set_exception(exc)
+
+        self._put(fn, args, settle)
         return future
 
     def shutdown(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._pool.shutdown(wait=True, cancel_futures=True)
+        """Drop what is queued (its callers get CancelledError), let the running job end, stop the thread."""
+        if self._closed:
+            return
+        self._closed = True
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job[2](None, CancelledError())
+                self._count(-1)
+        self._jobs.put(None)
+        if self._started:
+            self._thread.join()
+
+
+_Settle = Callable[[Any, "BaseException | None"], None]
+_Job = tuple[Callable[..., Any], tuple[Any, ...], _Settle]
+
+
+def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if future.done():  # the caller was cancelled
+        return
+    if exc is None:
+        future.set_result(result)
+    elif isinstance(exc, CancelledError):
+        future.cancel()
+    else:
+        future.set_exception(exc)
 
 
 def return_large_frees_to_os(threshold: int = 1 << 20) -> bool:
