@@ -37,7 +37,7 @@ def register_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="longest wait for a batch to fill (env INFERLOOP_MAX_BATCH_DELAY_MS, default 2)")
     p.add_argument("--inline-forward-max-ms", type=float, metavar="T",
                    help="at low concurrency, a CPU forward measured shorter than this runs on the event loop, not "
-                        "the device thread (0: never; env INFERLOOP_INLINE_FORWARD_MAX_MS, default 0.25)")
+                        "the device thread (0: never; env INFERLOOP_INLINE_FORWARD_MAX_MS, default 2)")
     p.add_argument("--batching", choices=["on", "off"], help="micro-batching (env INFERLOOP_BATCHING, default on)")
     p.add_argument("--cache-versions", type=int, metavar="N",
                    help="versions kept loaded for instant rollback (env INFERLOOP_CACHE_VERSIONS, default 2)")

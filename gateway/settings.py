@@ -128,7 +128,7 @@ class BatchingSettings(Settings, frozen=True):
     max_delay_ms: Annotated[float, msgspec.Meta(ge=0)] = 2.0
     """The longest a batch is held back for company: an upper bound, used only when measurements say
     waiting pays (`serving/batch_wait.py`)."""
-    inline_max_ms: Annotated[float, msgspec.Meta(ge=0)] = 0.25
+    inline_max_ms: Annotated[float, msgspec.Meta(ge=0)] = 2.0
     """At low concurrency (single-request batches), a CPU forward predicted to take at most this long
     runs on the event loop instead of the device thread, whose hand-off costs more than such a
     forward (0: always the device thread)."""
