@@ -248,6 +248,31 @@ def test_requests_that_do_not_fit_the_signature_get_a_400_that_names_the_input(s
     assert v1.status_code == 400 and "use POST /v2/models/{name}/infer" in v1.json()["error"]
 
 
+def test_a_request_the_model_refuses_on_the_event_loop_fails_alone(tmp_path: Path) -> None:
+    """Observed: once a sequential client's forwards run on the event loop, an id outside the
+    embedding table still gets a 400 with the model's reason (the forward raised on the loop, not on
+    the device thread), and the next requests are answered as before, still on the loop."""
+    uri = f"file://{tmp_path / 'registry'}"
+    with Registry.open(uri) as reg:
+        version = TABULAR.register(reg, "store-revenue")
+        reg.promote("store-revenue", version, "production")
+    good = {"inputs": [_tensor("store_id", "INT64", np.array([11])), _tensor("dense", "FP32", np.zeros((1, 8), np.float32))]}
+    bad = {"inputs": [_tensor("store_id", "INT64", np.array([2**40])), _tensor("dense", "FP32", np.zeros((1, 8), np.float32))]}
+    settings = settings_for(uri, ["store-revenue"], tmp_path, batching={"inline_max_ms": 1000.0})
+    with ThreadedGateway(settings) as gw:
+        gw.wait_serving("store-revenue", version)
+        for _ in range(12):
+            assert gw.client.post("/v2/models/store-revenue/infer", json=good).status_code == 200
+        before = gw.status("store-revenue")["batching"]["forwards"]
+        refused = gw.client.post("/v2/models/store-revenue/infer", json=bad)
+        after = [gw.client.post("/v2/models/store-revenue/infer", json=good) for _ in range(3)]
+        forwards = gw.status("store-revenue")["batching"]["forwards"]
+    assert before["inline"] > 0
+    assert refused.status_code == 400 and "refused this request's inputs" in refused.json()["error"], refused.text
+    assert all(r.status_code == 200 for r in after)
+    assert forwards == {"inline": before["inline"] + 4, "device_thread": before["device_thread"]}
+
+
 # -- hot swap and shadow across architectures -----------------------------------------------------
 def test_hot_swap_and_shadow_across_architectures_under_load(tmp_path: Path) -> None:
     """Observed: production moves from a residual MLP (torch.export) to the built-in MLP (safetensors)
