@@ -8,14 +8,14 @@ is shorter than the fixed cost per forward it saves), and never longer than `max
 
 Where a batch runs: on the device thread, or, at low concurrency, on the event loop itself. Handing
 a forward to a thread and back costs CPU the forward does not (measured on one core: ~65 µs per
-request against a 31 µs forward of a small MLP, ~160 µs against a 0.6 ms one of a 4 × 1024 MLP). Under load
-that hand-off pays for itself: requests keep arriving while it runs and the next batch is larger
-(measured at 32 connections: 23 rows per batch through the thread, 11 without it, and 10 % fewer
-requests served). So a batch runs on the loop only when it is a single request with nothing queued
-behind it, recent batches were single requests too (no company to gather), the device thread is
-idle, the device is the CPU, and the same cost fit predicts the forward to take at most
-`inline_max_ms` (default 2 ms: at low concurrency nothing else waits for the loop meanwhile,
-and a request that does is read right after). The first forwards of each version run on the thread, to be
+request against a 31 µs forward of a small MLP, ~160 µs against a 0.6 ms one of a 4 × 1024 MLP).
+Under load that hand-off pays for itself: requests keep arriving while it runs and the next batch is
+larger (measured at 32 connections: 23 rows per batch through the thread, 11 without it, and 10 %
+fewer requests served). So a batch runs on the loop only when it is a single request with nothing
+queued behind it, recent batches were single requests too (no company to gather), the device thread
+is idle, the device is the CPU, and the same cost fit predicts the forward to take at most
+`inline_max_ms` (default 2 ms: at low concurrency nothing else waits for the loop meanwhile, and a
+request that does is read right after). The first forwards of each version run on the thread, to be
 measured; a longer forward never blocks the loop.
 
 Each batch takes the stage's `current` slot once, marks itself in flight on it, and answers every
