@@ -273,6 +273,33 @@ def test_a_request_the_model_refuses_on_the_event_loop_fails_alone(tmp_path: Pat
     assert forwards == {"inline": before["inline"] + 4, "device_thread": before["device_thread"]}
 
 
+class SequenceMean(torch.nn.Module):
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        return values.mean(dim=1, keepdim=True)
+
+
+def test_a_model_with_a_dynamic_sequence_axis_never_runs_on_the_event_loop(tmp_path: Path) -> None:
+    """Observed: even with an inline budget nothing could exceed, a sequential client's requests to a
+    model whose rows have a dynamic length all run on the device thread: the cost fit predicts from
+    rows, and one row of any length (a client's choice) must not stall the event loop."""
+    uri = f"file://{tmp_path / 'registry'}"
+    values = torch.randn(64, 5)
+    with Registry.open(uri) as reg:
+        with reg.track("seq-mean") as run:
+            version = run.register(SequenceMean(), example_inputs=values[:8], reference=values, output_kind="none",
+                                   dynamic_axes={"values": [1]})
+        reg.promote("seq-mean", version, "production")
+    settings = settings_for(uri, ["seq-mean"], tmp_path, batching={"inline_max_ms": 1000.0})
+    with ThreadedGateway(settings) as gw:
+        gw.wait_serving("seq-mean", version)
+        for length in [5] * 15 + [3, 400]:
+            body = {"inputs": [_tensor("values", "FP32", np.ones((1, length), np.float32))]}
+            r = gw.client.post("/v2/models/seq-mean/infer", json=body)
+            assert r.status_code == 200 and r.json()["outputs"][0]["data"] == [1.0], r.text
+        forwards = gw.status("seq-mean")["batching"]["forwards"]
+    assert forwards == {"inline": 0, "device_thread": 17}
+
+
 # -- hot swap and shadow across architectures -----------------------------------------------------
 def test_hot_swap_and_shadow_across_architectures_under_load(tmp_path: Path) -> None:
     """Observed: production moves from a residual MLP (torch.export) to the built-in MLP (safetensors)

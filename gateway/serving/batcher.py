@@ -12,8 +12,9 @@ request against a 31 µs forward of a small MLP, ~160 µs against a 0.6 ms one o
 Under load that hand-off pays for itself: requests keep arriving while it runs and the next batch is
 larger (measured at 32 connections: 23 rows per batch through the thread, 11 without it, and 10 %
 fewer requests served). So a batch runs on the loop only when it is a single request with nothing
-queued behind it, recent batches were single requests too (no company to gather), the device thread
-is idle, the device is the CPU, and the same cost fit predicts the forward to take at most
+queued behind it, recent batches were single requests too (no company to gather), the model's rows
+have a fixed size (no dynamic axis but the batch, so rows predict cost), the device thread is idle,
+the device is the CPU, and the same cost fit predicts the forward to take at most
 `inline_max_ms` (default 2 ms: at low concurrency nothing else waits for the loop meanwhile, and a
 request that does is read right after). The first forwards of each version run on the thread, to be
 measured; a longer forward never blocks the loop.
@@ -247,15 +248,19 @@ class MicroBatcher:
             return
         await self._forward(slot, batch)
 
-    def _runs_inline(self, slot: ModelSlot, batch: list[_Pending]) -> bool:
-        """Whether this batch's forward runs on the event loop (see the module docstring)."""
+    def _place(self, slot: ModelSlot, batch: list[_Pending]) -> bool:
+        """Count this batch (the recent mean; a new version restarts the cost fit) and say whether its
+        forward runs on the event loop (see the module docstring). Only a model whose rows have a fixed
+        size qualifies: the fit predicts from rows, and one row of a model with another dynamic axis
+        (a sequence length) can cost any amount, which must not stall the loop."""
         wait = self.wait
         if slot.version != self._timed_version:  # a new version: measure it afresh
             self._timed_version = slot.version
             wait.reset()
         self.mean_requests = self.mean_requests * _MEAN_KEEP + len(batch) * (1.0 - _MEAN_KEEP)
         if (len(batch) > 1 or self._queue.queued_rows or self.mean_requests > INLINE_MAX_MEAN_REQUESTS
-                or wait.observations < MEASURED_BEFORE_INLINE or not self.executor.can_run_here):
+                or not slot.signature.fixed_rows or wait.observations < MEASURED_BEFORE_INLINE
+                or not self.executor.can_run_here):
             return False
         return wait.predict(len(batch[0].inputs[0])) <= self._inline_max_s
 
@@ -265,7 +270,7 @@ class MicroBatcher:
         failed: Exception | None = None
         parts = [item.inputs for item in batch]
         try:
-            if self._runs_inline(slot, batch):
+            if self._place(slot, batch):
                 self.forwards["inline"] += 1
                 inputs, outputs, seconds = self.executor.run_here(_forward, slot, parts)
             else:

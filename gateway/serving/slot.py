@@ -43,7 +43,8 @@ class ModelSignature:
     """What a request must look like and what comes back, from the manifest.
 
     `tabular`: one FP32 input `[n, len(features)]` (the v1 predict form, per-feature tensors and
-    per-feature drift apply); otherwise requests carry the named tensors of `inputs`."""
+    per-feature drift apply); otherwise requests carry the named tensors of `inputs`. `fixed_rows`:
+    no input has a dynamic axis besides the batch, so a batch's size (and cost) is its row count."""
 
     features: tuple[str, ...]
     outputs: int
@@ -54,6 +55,7 @@ class ModelSignature:
     tabular: bool
     dtypes: tuple[np.dtype, ...]  # the numpy dtype of each input
     output_names: tuple[str, ...]
+    fixed_rows: bool
 
     @classmethod
     def of(cls, manifest: VersionManifest) -> ModelSignature:
@@ -63,8 +65,9 @@ class ModelSignature:
             and inputs[0].shape == [-1, len(sig.features)]
         dtypes = tuple(np.dtype(NUMPY_DTYPES.get(t.datatype, "float32")) for t in inputs)
         outputs = tuple(sig.tensor_outputs())
+        fixed_rows = all(-1 not in t.shape[1:] for t in inputs)
         return cls(tuple(f.name for f in sig.features), sig.outputs, sig.output_kind, tuple(sig.classes),
-                   inputs, outputs, tabular, dtypes, tuple(t.name for t in outputs))
+                   inputs, outputs, tabular, dtypes, tuple(t.name for t in outputs), fixed_rows)
 
     @property
     def width(self) -> int:
