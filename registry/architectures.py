@@ -37,7 +37,12 @@ class MLP(nn.Module):  # type: ignore[misc]
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        # the layers' own forwards, called directly: nn.Module.__call__ (hook dispatch) on each of them
+        # costs about as much as the whole forward of a small MLP at one row (BENCHMARKS.md), and no
+        # caller hooks a layer of this model
+        for layer in self.net._modules.values():
+            x = layer.forward(x)
+        return x
 
 
 def build_module(spec: ModelSpec) -> nn.Module:
