@@ -115,33 +115,43 @@ class DriftMonitor:
         self.counts = np.zeros((len(self.names), width), dtype=np.int64)
         self._total = np.zeros_like(self.counts)  # cumulative, never reset: exported as counters
         self.rows = 0
-        self._pending: list[np.ndarray] = []  # batches observed but not binned yet
+        self._pending: list[tuple[np.ndarray, ...]] = []  # batches observed but not binned yet
+        self._pending_layout: tuple[int, ...] = ()  # the held batches' column blocks' widths
         self._pending_rows = 0
         self.window_started = clock()
         self.state = DriftState()
         self.edges_digest = hashlib.sha256(
             msgspec.json.encode([[float(x) for x in e] for e in self.edges])).hexdigest()
 
-    def observe(self, batch: np.ndarray) -> None:
-        """Count a (rows, features) batch. Batches are binned together once `FOLD_ROWS` rows are
-        held (or when the counts are read), so the O(features) numpy calls are paid per fold, not
-        per batch: with batching off or under light load a batch is one row. O(FOLD_ROWS) memory."""
-        if batch.ndim != 2 or batch.shape[1] != len(self.names) or batch.shape[0] == 0:
+    def observe(self, *blocks: np.ndarray) -> None:
+        """Count a batch: one (rows, features) array, or column blocks of the same rows that side by side
+        are the features (a tabular model's inputs, then its first output's column: no per-batch copy).
+        Batches are binned together once `FOLD_ROWS` rows are held (or when the counts are read), so the
+        O(features) numpy calls are paid per fold, not per batch: with batching off or under light load
+        a batch is one row. O(FOLD_ROWS) memory."""
+        shapes = [b.shape for b in blocks]
+        rows = shapes[0][0] if shapes and len(shapes[0]) == 2 else 0
+        layout = tuple([shape[1] for shape in shapes if len(shape) == 2 and shape[0] == rows])
+        if rows == 0 or len(layout) != len(blocks) or sum(layout) != len(self.names):
             return
-        self._pending.append(batch)
-        self._pending_rows += batch.shape[0]
-        self.rows += batch.shape[0]
+        if layout != self._pending_layout:
+            self._fold()  # held batches are stacked block by block: one layout at a time
+            self._pending_layout = layout
+        self._pending.append(blocks)
+        self._pending_rows += rows
+        self.rows += rows
         if self._pending_rows >= FOLD_ROWS:
             self._fold()
 
     def _fold(self) -> None:
         if not self._pending:
             return
-        rows = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending)
-        self._pending.clear()
+        pending = self._pending
+        stacked = pending[0] if len(pending) == 1 else [np.concatenate(parts) for parts in zip(*pending, strict=True)]
+        self._pending = []
         self._pending_rows = 0
-        for j, edges in enumerate(self.edges):
-            col = rows[:, j]
+        columns = (block[:, i] for block in stacked for i in range(block.shape[1]))
+        for j, (edges, col) in enumerate(zip(self.edges, columns, strict=True)):
             nbins = len(edges) + 1
             idx = np.searchsorted(edges, col, side="right")
             idx[np.isnan(col)] = nbins

@@ -71,9 +71,9 @@ class DriftWatch:
                 monitor.observe(batch.inputs)
                 return
             signature, tabular, with_output = columns
-            if tabular and with_output:  # features and the first output: one copy, no float64 round trip
+            if tabular and with_output:  # features, then the first output's column: stacked when binned
                 out = batch.outputs
-                monitor.observe(np.concatenate([batch.inputs, out.reshape(len(out), -1)[:, :1]], axis=1))
+                monitor.observe(batch.inputs, out.reshape(len(out), -1)[:, :1])
                 return
             x = input_matrix(signature, batch.all_inputs or (batch.inputs,), tabular)
             if with_output:
