@@ -2,11 +2,12 @@
 
     python -m loadtests.bench_exported [--repeats 7 --calls 2000]
 
-For each model and batch size, in one process, interleaved: the eager module, the program as the
-gateway runs it (`TorchRunnable` over `torch.export.load(...).module()`), and the same without the
-graph module's own input checks, which is how the gateway runs it (it checks names, datatypes and
-shapes itself before a batch runs). Medians of per-call microseconds over `--repeats` rounds; ratios to eager are what to read
-(this machine is shared, absolute times drift)."""
+For each model and batch size, in one process, interleaved: the eager module; the program through
+torch's wrapper (`torch.export.load(...).module()`) with its per-call input checks; the wrapper
+without them (how the gateway ran programs before `registry.program_call`); and the program as the
+gateway runs it now (`open_runnable`: the graph called directly, after `ShapeRules`). Medians of
+per-call microseconds over `--repeats` rounds; ratios to eager are what to read (this machine is
+shared, absolute times drift)."""
 
 from __future__ import annotations
 
@@ -51,8 +52,9 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=2000)
     args = p.parse_args()
     torch.set_num_threads(1)
-    print("| model | batch | eager µs | program with torch's input checks µs (× eager) | program as served µs (× eager) |")
-    print("|---|---:|---:|---:|---:|")
+    print("| model | batch | eager µs | wrapper with torch's input checks µs (× eager) "
+          "| wrapper without them µs (× eager) | program as served µs (× eager) |")
+    print("|---|---:|---:|---:|---:|---:|")
     for name, (module, x) in models().items():
         module.eval()
         data, inputs, outputs, layout = export_program(module, x[:2])
@@ -60,25 +62,32 @@ def main() -> None:
         checked = load_program(data)
         checked.validate_inputs = True  # what torch does by default
         program = TorchRunnable(checked, signature, "cpu")
-        unchecked = open_runnable(data, ArtifactInfo("", len(data), FORMAT), signature)  # as the gateway runs it
+        bare = load_program(data)
+        bare.validate_inputs = False
+        unchecked = TorchRunnable(bare, signature, "cpu")
+        served = open_runnable(data, ArtifactInfo("", len(data), FORMAT), signature)  # as the gateway runs it
+        assert served.call is not None
         for batch in (1, 64):
             xb = x[:batch].contiguous()
             arrays = [xb.numpy()]
             calls = max(50, args.calls // (20 if "1024" in name else 1))
             with torch.inference_mode():
                 np.testing.assert_allclose(program.run(arrays)[0], module(xb).numpy(), atol=1e-5)
+                np.testing.assert_array_equal(served.run(arrays)[0], program.run(arrays)[0])
 
                 def eager(xb: torch.Tensor = xb, module: nn.Module = module) -> object:  # numpy in and out
                     with torch.inference_mode():
                         return module(torch.from_numpy(xb.numpy())).numpy()
 
-            rounds: dict[str, list[float]] = {"eager": [], "program": [], "unchecked": []}
+            rounds: dict[str, list[float]] = {"eager": [], "program": [], "unchecked": [], "served": []}
             for _ in range(args.repeats):
                 rounds["eager"].append(per_call_us(eager, calls))
                 rounds["program"].append(per_call_us(lambda a=arrays, r=program: r.run(a), calls))
                 rounds["unchecked"].append(per_call_us(lambda a=arrays, r=unchecked: r.run(a), calls))
-            e, pr, un = (statistics.median(rounds[k]) for k in ("eager", "program", "unchecked"))
-            print(f"| {name} | {batch} | {e:.1f} | {pr:.1f} ({pr / e:.2f}×) | {un:.1f} ({un / e:.2f}×) |")
+                rounds["served"].append(per_call_us(lambda a=arrays, r=served: r.run(a), calls))
+            e, pr, un, sv = (statistics.median(rounds[k]) for k in ("eager", "program", "unchecked", "served"))
+            print(f"| {name} | {batch} | {e:.1f} | {pr:.1f} ({pr / e:.2f}×) | {un:.1f} ({un / e:.2f}×) "
+                  f"| {sv:.1f} ({sv / e:.2f}×) |")
 
 
 if __name__ == "__main__":

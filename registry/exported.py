@@ -201,6 +201,11 @@ def export_program(module: Any, example_inputs: Any, *, dynamic_axes: Mapping[st
 
 def load_program(data: bytes, device: str = "cpu") -> torch.nn.Module:
     """The program as a callable module on `device`, after `check_pt2` allowed it."""
+    return load_exported(data, device)[1]
+
+
+def load_exported(data: bytes, device: str = "cpu") -> tuple[Any, torch.nn.Module]:
+    """The program after `check_pt2` allowed it, and its unlifted module (on `device`)."""
     import torch
 
     check_pt2(data)
@@ -209,4 +214,4 @@ def load_program(data: bytes, device: str = "cpu") -> torch.nn.Module:
         module = program.module()
     except Exception as exc:  # noqa: BLE001 - a corrupt or incompatible archive, whatever torch raises
         raise UnsupportedArtifact(f"cannot load torch.export archive: {str(exc).strip()[:300]}") from None
-    return module.to(device)
+    return program, module.to(device)

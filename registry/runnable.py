@@ -22,6 +22,7 @@ from inferloop.registry.exported import flatten_outputs
 
 if TYPE_CHECKING:
     from inferloop.registry.manifest import ArtifactInfo, InputSignature
+    from inferloop.registry.program_call import ProgramCall, ShapeRules
 
 
 class Runnable(Protocol):
@@ -31,8 +32,11 @@ class Runnable(Protocol):
 
 
 class TorchRunnable:
-    def __init__(self, module: Any, signature: InputSignature, device: str, *, logits: bool = False) -> None:
+    def __init__(self, module: Any, signature: InputSignature, device: str, *, logits: bool = False,
+                 call: ProgramCall | None = None, rules: ShapeRules | None = None) -> None:
         self.module = module
+        self.call = call  # a torch.export program's graph, called without its wrapper (see program_call)
+        self.rules = rules  # what a torch.export program assumes of its inputs' shapes
         self.device = device
         self.dict_input = signature.input_layout == "dict"
         self.input_names = [t.name for t in signature.tensor_inputs()]
@@ -45,20 +49,29 @@ class TorchRunnable:
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         import torch
 
+        if self.rules is not None and (broken := self.rules.broken(inputs)) is not None:
+            raise ValueError(broken)
         tensors = [torch.from_numpy(a) for a in inputs]
         if self.device != "cpu":
             tensors = [t.to(self.device, non_blocking=True) for t in tensors]
-        with torch.inference_mode():
-            if self.dict_input:
-                outputs = self.module(dict(zip(self.input_names, tensors, strict=True)))
-            else:
-                outputs = self.module(*tensors)
-            flat = flatten_outputs(outputs, self.output_names)
-            if self.activation == "binary":
-                flat = [torch.sigmoid(flat[0])]
-            elif self.activation == "multiclass":
-                flat = [torch.softmax(flat[0], dim=1)]
-            return [t.cpu().numpy() for t in flat]
+        try:
+            with torch.inference_mode():
+                if self.call is not None:
+                    return [t.cpu().numpy() for t in self.call(tensors)]
+                if self.dict_input:
+                    outputs = self.module(dict(zip(self.input_names, tensors, strict=True)))
+                else:
+                    outputs = self.module(*tensors)
+                flat = flatten_outputs(outputs, self.output_names)
+                if self.activation == "binary":
+                    flat = [torch.sigmoid(flat[0])]
+                elif self.activation == "multiclass":
+                    flat = [torch.softmax(flat[0], dim=1)]
+                return [t.cpu().numpy() for t in flat]
+        except AssertionError as exc:
+            # a torch.export program's guards (torch._assert): shapes outside what it was captured for,
+            # such as a mask not as long as its sequence: the inputs' fault, not the model's
+            raise ValueError(f"the inputs break the program's shape constraints: {exc}") from None
 
 
 class OnnxRunnable:
@@ -77,13 +90,16 @@ def open_runnable(data: bytes, artifact: ArtifactInfo, signature: InputSignature
     """Load a version's verified artifact bytes for running; refuses what could run code on load."""
     fmt = artifact.format
     if fmt == "torch.export":
-        from inferloop.registry.exported import load_program
+        from inferloop.registry.exported import load_exported
+        from inferloop.registry.program_call import ProgramCall, ShapeRules
 
-        module = load_program(data, device)
-        # torch's per-call input checks cost more than a small model's forward (BENCHMARKS.md); whoever
-        # runs a Runnable checks names, datatypes and shapes against the signature first (the gateway does)
-        module.validate_inputs = False
-        return TorchRunnable(module, signature, device)
+        program, module = load_exported(data, device)
+        names, dict_input = [t.name for t in signature.tensor_inputs()], signature.input_layout == "dict"
+        rules = ShapeRules.of(program, module, names, dict_input)
+        if rules is not None:  # checked before each call: torch's per-call checks cost more (BENCHMARKS.md)
+            module.validate_inputs = False
+        call = ProgramCall.of(program, module, names, [t.name for t in signature.tensor_outputs()], dict_input)
+        return TorchRunnable(module, signature, device, call=call, rules=rules)
     if fmt == "onnx":
         from inferloop.registry.onnx_artifact import load_session
 
