@@ -57,7 +57,7 @@ class TorchRunnable:
         try:
             with torch.inference_mode():
                 if self.call is not None:
-                    return [t.cpu().numpy() for t in self.call(tensors)]
+                    return self._arrays(self.call(tensors))
                 if self.dict_input:
                     outputs = self.module(dict(zip(self.input_names, tensors, strict=True)))
                 else:
@@ -67,11 +67,17 @@ class TorchRunnable:
                     flat = [torch.sigmoid(flat[0])]
                 elif self.activation == "multiclass":
                     flat = [torch.softmax(flat[0], dim=1)]
-                return [t.cpu().numpy() for t in flat]
+                return self._arrays(flat)
         except AssertionError as exc:
             # a torch.export program's guards (torch._assert): shapes outside what it was captured for,
             # such as a mask not as long as its sequence: the inputs' fault, not the model's
             raise ValueError(f"the inputs break the program's shape constraints: {exc}") from None
+
+
+    def _arrays(self, tensors: list[Any]) -> list[np.ndarray]:
+        if self.device == "cpu":  # .cpu() of a CPU tensor is a no-op that still costs a dispatch
+            return [t.numpy() for t in tensors]
+        return [t.cpu().numpy() for t in tensors]
 
 
 class OnnxRunnable:

@@ -31,7 +31,9 @@ class WorkQueue(Generic[T]):
         self.closing = False
         self._rows_of = rows_of
         self._items: deque[T] = deque()
-        self._wake = asyncio.Event()
+        # what the idle worker awaits: a bare future, not an asyncio.Event, whose wait() and set() are
+        # Python code run for every request at low load
+        self._wake: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
@@ -42,10 +44,14 @@ class WorkQueue(Generic[T]):
         return self._task is not None
 
     def put(self, item: T) -> None:
-        if not self._items:
-            self._wake.set()
         self._items.append(item)
+        self._wake_worker()
         self.queued_rows += self._rows_of(item)
+
+    def _wake_worker(self) -> None:
+        wake, self._wake = self._wake, None
+        if wake is not None and not wake.done():
+            wake.set_result(None)
 
     def take(self) -> list[T]:
         """The oldest items, up to `max_rows` rows in all (at least one item, however large)."""
@@ -76,8 +82,8 @@ class WorkQueue(Generic[T]):
             if not self._items:
                 if self.closing:
                     return
-                self._wake.clear()
-                await self._wake.wait()
+                self._wake = asyncio.get_running_loop().create_future()
+                await self._wake
                 continue
             if gather is not None and not self.closing:
                 await gather()
@@ -91,7 +97,7 @@ class WorkQueue(Generic[T]):
     async def stop(self, timeout: float | None = None) -> None:
         """Handle what is queued, then end the worker (cancelled after `timeout` seconds, if given)."""
         self.closing = True
-        self._wake.set()
+        self._wake_worker()
         task, self._task = self._task, None
         if task is None:
             return
