@@ -29,8 +29,8 @@ Observer hook (drift counting, shadow mirroring):
 `on_batch` is called on the event loop after every successful batch, *after* all of the batch's
 requests have their results (responses are already on their way). It must be cheap: count, or put
 the batch on a bounded queue and return. `CompletedBatch.inputs` / `.outputs` are the whole batch
-(rows × features, rows × outputs, float32, read-only by convention); the rows of request i are
-`row_splits[i]:row_splits[i + 1]`. An observer that raises is logged and counted
+(rows × features, rows × outputs, float32); the rows of request i are `row_splits[i]:row_splits[i + 1]`.
+The batch and its arrays are shared by every observer: read-only by convention. An observer that raises is logged and counted
 (`inferloop_batch_observer_errors_total`) and never affects a response or the other observers.
 """
 
@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("inferloop.gateway")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: its __init__ would set each field through object.__setattr__
 class CompletedBatch:
     model: str
     stage: str
@@ -67,7 +67,7 @@ class CompletedBatch:
     inputs: np.ndarray  # the first input: (rows, features) float32 for a tabular model
     outputs: np.ndarray  # the first output: (rows, outputs) for a tabular model
     request_ids: tuple[str, ...]
-    row_splits: np.ndarray  # len(request_ids) + 1 offsets into the rows
+    row_splits: tuple[int, ...]  # len(request_ids) + 1 offsets into the rows
     inference_seconds: float
     all_inputs: tuple[np.ndarray, ...] = ()  # every input, in signature order (inputs is the first)
     all_outputs: tuple[np.ndarray, ...] = ()  # every output, in signature order (outputs is the first)
@@ -298,7 +298,7 @@ class MicroBatcher:
             item = batch[0]
             if not item.future.done():
                 item.future.set_result(Prediction(version, outputs, names))
-            splits = None
+            splits: tuple[int, ...] = (0, rows)
         else:
             offset = 0
             bounds = [0]
@@ -310,16 +310,15 @@ class MicroBatcher:
                     item.future.set_result(Prediction(version, part, names))
                 offset = end
                 bounds.append(end)
-            splits = bounds
+            splits = tuple(bounds)
         if self.observers:
             self._notify(slot, batch, inputs, outputs, splits, seconds)
 
     def _notify(self, slot: ModelSlot, batch: list[_Pending], inputs: tuple[np.ndarray, ...],
-                outputs: tuple[np.ndarray, ...], splits: list[int] | None, seconds: float) -> None:
+                outputs: tuple[np.ndarray, ...], splits: tuple[int, ...], seconds: float) -> None:
         done = CompletedBatch(
             model=slot.model, stage=slot.stage, role=self.role, version=slot.version, inputs=inputs[0],
-            outputs=outputs[0], request_ids=tuple(item.request_id for item in batch),
-            row_splits=np.asarray(splits if splits is not None else [0, len(inputs[0])], dtype=np.int64),
+            outputs=outputs[0], request_ids=tuple([item.request_id for item in batch]), row_splits=splits,
             inference_seconds=seconds, all_inputs=inputs, all_outputs=outputs,
         )
         for observer in list(self.observers):
