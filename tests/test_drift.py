@@ -155,7 +155,7 @@ def test_rows_observed_one_by_one_count_as_one_batch(reference) -> None:
     many = DriftMonitor(reference, DriftConfig(window=10_000))
     for i in range(0, 1300, 1):
         many.observe(rows[i:i + 1])
-    assert many.rows == 1300 and 0 < many._pending_rows < 1300  # some rows folded, the rest still held
+    assert many.rows == 1300 and 0 < many._held_rows < 1300  # some rows folded, the rest still held
     many.observe(rows[1300:])
     assert np.array_equal(many.total, one.total) and many.total.sum() == 1500 * len(one.names)
     assert many.close_window().features == one.close_window().features
@@ -183,6 +183,25 @@ def test_column_blocks_count_as_the_stacked_rows(reference) -> None:
     assert blocks.rows == 1400
     assert np.array_equal(blocks.total, one.total)
     assert blocks.close_window().features == one.close_window().features
+
+
+def test_a_wide_model_holds_fewer_rows_and_counts_the_same() -> None:
+    """Rows wait for binning in a buffer of at most FOLD_BYTES: 3,000 features hold 43 rows, and 100
+    single rows plus one batch larger than the buffer count exactly as one batch of all of them."""
+    from inferloop.gateway.drift.monitor import FOLD_BYTES
+
+    rng = np.random.default_rng(11)
+    names = [f"w{i}" for i in range(3000)]
+    wide = reference_stats(rng.normal(size=(500, 3000)).astype(np.float32), names)
+    rows = rng.normal(0.2, 1, size=(160, 3000)).astype(np.float32)
+    one = DriftMonitor(wide, DriftConfig(window=10_000))
+    one.observe(rows)
+    many = DriftMonitor(wide, DriftConfig(window=10_000))
+    assert len(many._held) == FOLD_BYTES // (8 * 3000) == 43
+    for i in range(100):
+        many.observe(rows[i:i + 1])
+    many.observe(rows[100:])
+    assert many.rows == 160 and np.array_equal(many.total, one.total)
 
 
 def test_time_window_needs_min_samples(reference) -> None:
