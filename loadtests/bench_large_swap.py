@@ -1,13 +1,14 @@
 """Hot swap of a large model (about 400 MB of float32 weights, ~100 M parameters) under load.
 
-    python -m loadtests.bench_large_swap [--swaps 20 --threads 4 --width 5000]
+    python -m loadtests.bench_large_swap [--swaps 20 --threads 4 --width 5000] [--device cuda]
 
 Registers two versions of the same architecture (a torch.export program: 64 → width → width →
 width → width → 1), starts `inferloop serve` with no standby versions (`--cache-versions 0`), sends
 single-row requests from `--threads` clients, and moves production back and forth `--swaps` times
 through the admin API. Reports failed requests (goal 0), p99 latency inside the swap windows
 against steady p99 (goal ≤ 3×), and the gateway's RSS after the first load against its RSS after
-the last swap (goal: back to one model)."""
+the last swap (goal: back to one model). With `--device cuda` the gateway serves on the GPU, and the
+same comparison is made for the GPU memory nvidia-smi reports for the gateway's process."""
 
 from __future__ import annotations
 
@@ -46,6 +47,16 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def gpu_mb(pid: int, smi_output: str | None = None) -> float:
+    """GPU memory of process `pid` in MiB, as `nvidia-smi --query-compute-apps` lists it (NaN if absent)."""
+    if smi_output is None:
+        smi_output = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory",
+                                     "--format=csv,noheader,nounits"], capture_output=True, text=True).stdout
+    used = [float(fields[1]) for fields in (line.split(",") for line in smi_output.splitlines())
+            if len(fields) == 2 and fields[0].strip() == str(pid) and fields[1].strip().replace(".", "", 1).isdigit()]
+    return sum(used) if used else float("nan")
+
+
 def p99(values: list[float]) -> float:
     return float(np.percentile(values, 99)) if values else float("nan")
 
@@ -56,7 +67,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=4)
     p.add_argument("--width", type=int, default=5000)
     p.add_argument("--steady", type=float, default=10.0, help="seconds of load before the first swap")
+    p.add_argument("--device", default="cpu", help="the gateway's --device (cpu, cuda, cuda:N)")
     args = p.parse_args()
+    on_gpu = args.device.startswith("cuda")
     with tempfile.TemporaryDirectory(prefix="inferloop-large-") as tmp:
         uri = f"file://{tmp}/registry"
         started = time.perf_counter()
@@ -72,7 +85,8 @@ def main() -> None:
         env = {**os.environ, "INFERLOOP_ADMIN_TOKEN": TOKEN}
         gateway = subprocess.Popen([sys.executable, "-P", "-m", "inferloop.cli", "serve", "--registry", uri,
                                     "--model", "large", "--port", str(port), "--cache-versions", "0",
-                                    "--cache-dir", f"{tmp}/cache", "--log-level", "warning", "--admin-wait", "120"],
+                                    "--cache-dir", f"{tmp}/cache", "--log-level", "warning", "--admin-wait", "120",
+                                    "--device", args.device],
                                    env=env)
         url = f"http://127.0.0.1:{port}"
         try:
@@ -87,6 +101,7 @@ def main() -> None:
                     raise SystemExit("the gateway did not become ready")
                 time.sleep(0.5)
             rss_one = rss_mb(gateway.pid)
+            gpu_one = gpu_mb(gateway.pid) if on_gpu else float("nan")
             samples: list[tuple[float, float]] = []  # (finished at, seconds)
             failures: list[str] = []
             stop = threading.Event()
@@ -127,6 +142,7 @@ def main() -> None:
                 t.join(60)
             time.sleep(2.0)
             rss_after = rss_mb(gateway.pid)
+            gpu_after = gpu_mb(gateway.pid) if on_gpu else float("nan")
         finally:
             gateway.terminate()
             gateway.wait(60)
@@ -139,6 +155,9 @@ def main() -> None:
     print(f"swap (admin call until serving) median {statistics.median(swap_seconds):.2f}s, max {max(swap_seconds):.2f}s")
     print(f"gateway RSS after the first load {rss_one:.0f} MB, after {args.swaps} swaps {rss_after:.0f} MB "
           f"(model {size / 2**20:.0f} MB): {rss_after - rss_one:+.0f} MB")
+    if on_gpu:
+        print(f"gateway GPU memory (nvidia-smi) after the first load {gpu_one:.0f} MiB, after {args.swaps} swaps "
+              f"{gpu_after:.0f} MiB: {gpu_after - gpu_one:+.0f} MiB")
 
 
 if __name__ == "__main__":

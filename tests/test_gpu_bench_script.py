@@ -61,3 +61,17 @@ def test_render_names_device_and_client_threads() -> None:
     text = _render("0-3", "4-5", "cuda (NVIDIA H200), torch 2.11.0+cu130")
     assert "wrk (4 threads) pinned to cores 0-3, servers to cores 4-5" in text
     assert "Device: forwards on cuda (NVIDIA H200), torch 2.11.0+cu130" in text
+
+
+def test_large_swap_reads_the_gateways_gpu_memory_from_nvidia_smi() -> None:
+    """bench_large_swap --device cuda compares the gateway's GPU memory before and after the swaps:
+    only the gateway's own rows count (other processes share the GPU), and no row is NaN, not 0."""
+    from loadtests.bench_large_swap import gpu_mb
+
+    smi = "4242, 1630\n17, 9000\n4242, 12\n[Not Supported], [N/A]\n"
+    assert gpu_mb(4242, smi) == 1642.0
+    assert gpu_mb(17, smi) == 9000.0
+    assert gpu_mb(99, smi) != gpu_mb(99, smi)  # NaN: the process holds no GPU memory nvidia-smi can see
+    out = subprocess.run([sys.executable, "-m", "loadtests.bench_large_swap", "--help"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    assert "--device" in out
