@@ -20,11 +20,10 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-import numpy as np
 
 from inferloop.gateway.drift.monitor import DriftMonitor, WindowResult, smoothed_expected
 from inferloop.gateway.drift.trigger import TriggerOutcome, TriggerPayload, deliver
-from inferloop.registry.drift_columns import input_matrix, is_tabular, output_column, output_values
+from inferloop.registry.drift_columns import input_matrix, is_tabular, output_column
 from inferloop.registry.drift_power import power_check
 
 if TYPE_CHECKING:
@@ -71,14 +70,12 @@ class DriftWatch:
                 monitor.observe(batch.inputs)
                 return
             signature, tabular, with_output = columns
-            if tabular and with_output:  # features, then the first output's column: stacked when binned
+            x = batch.inputs if tabular else input_matrix(signature, batch.all_inputs or (batch.inputs,), False)
+            if with_output:  # then the first output's column, as its own block: no per-batch copy
                 out = batch.outputs
-                monitor.observe(batch.inputs, out.reshape(len(out), -1)[:, :1])
-                return
-            x = input_matrix(signature, batch.all_inputs or (batch.inputs,), tabular)
-            if with_output:
-                x = np.column_stack([x, output_values(batch.outputs)])
-            monitor.observe(x)
+                monitor.observe(x, out.reshape(len(out), -1)[:, :1])
+            else:
+                monitor.observe(x)
 
     def _on_swap(self, stage: ModelStage, _old: int | None, new: int | None) -> None:
         slot = stage.current
