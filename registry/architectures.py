@@ -40,7 +40,7 @@ class MLP(nn.Module):  # type: ignore[misc]
         # the layers' own forwards, called directly: nn.Module.__call__ (hook dispatch) on each of them
         # costs about as much as the whole forward of a small MLP at one row (BENCHMARKS.md), and no
         # caller hooks a layer of this model
-        for layer in self.net._modules.values():
+        for layer in self.net:
             x = layer.forward(x)
         return x
 

@@ -137,13 +137,18 @@ def _spec(name: str, tensor: torch.Tensor, dynamic: set[int]) -> TensorSpec:
     return TensorSpec(name, datatype_of(tensor.dtype), shape)
 
 
-def _placeholder_shapes(program: Any) -> list[list[int]]:
-    """The user inputs' shapes as captured: -1 where a dimension stayed symbolic (dynamic)."""
+def user_input_shapes(program: Any) -> list[Any]:
+    """The user inputs' shapes as captured, in placeholder order: ints, and symbols where dynamic."""
     from torch.export.graph_signature import InputKind
 
     user = [spec.arg.name for spec in program.graph_signature.input_specs if spec.kind == InputKind.USER_INPUT]
     nodes = {node.name: node for node in program.graph.nodes if node.op == "placeholder"}
-    return [[d if isinstance(d, int) else -1 for d in nodes[name].meta["val"].shape] for name in user]
+    return [nodes[name].meta["val"].shape for name in user]
+
+
+def _placeholder_shapes(program: Any) -> list[list[int]]:
+    """The user inputs' shapes as captured: -1 where a dimension stayed symbolic (dynamic)."""
+    return [[d if isinstance(d, int) else -1 for d in shape] for shape in user_input_shapes(program)]
 
 
 def export_program(module: Any, example_inputs: Any, *, dynamic_axes: Mapping[str, Sequence[int]] | None = None

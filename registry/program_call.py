@@ -120,18 +120,18 @@ class ShapeRules:
     @classmethod
     def of(cls, program: Any, module: Any, input_names: Sequence[str], dict_input: bool) -> ShapeRules | None:
         """The rules over the signature's inputs; None when they do not fill the program's placeholders."""
+        from inferloop.registry.exported import user_input_shapes
+
         order = placeholder_order(module, input_names, dict_input)
-        user = [spec.arg.name for spec in program.graph_signature.input_specs if spec.kind.name == "USER_INPUT"]
-        if order is None or len(order) != len(user):
+        shapes = user_input_shapes(program)
+        if order is None or len(order) != len(shapes):
             return None
-        nodes = {node.name: node for node in program.graph.nodes if node.op == "placeholder"}
-        ranks = [0] * len(user)
+        ranks = [0] * len(shapes)
         fixed: list[tuple[int, int, int]] = []
         same: list[tuple[int, int, int, int]] = []
         bounds: list[tuple[int, int, int, float]] = []
         first: dict[Any, tuple[int, int]] = {}  # symbol -> the first axis that carries it
-        for i, name in zip(order, user, strict=True):
-            shape = nodes[name].meta["val"].shape
+        for i, shape in zip(order, shapes, strict=True):
             ranks[i] = len(shape)
             for axis, size in enumerate(shape):
                 if isinstance(size, int):
