@@ -144,15 +144,28 @@ def test_counts_are_mergeable_across_replicas(reference) -> None:
     assert np.array_equal(a.total + b.total, whole.total)
 
 
+def _live(seed: int, n: int, shift: float, nan_every: int, nan_column: int) -> np.ndarray:
+    rows = _data(np.random.default_rng(seed), n, shift=shift)
+    rows[::nan_every, nan_column] = np.nan
+    return rows
+
+
+def _fresh(reference) -> DriftMonitor:  # noqa: ANN001 - ReferenceStats
+    return DriftMonitor(reference, DriftConfig(window=10_000))
+
+
+def _at_once(reference, rows: np.ndarray) -> DriftMonitor:  # noqa: ANN001 - ReferenceStats
+    """The monitor that observed `rows` as one batch: what any other way of feeding them must equal."""
+    mon = _fresh(reference)
+    mon.observe(rows)
+    return mon
+
+
 def test_rows_observed_one_by_one_count_as_one_batch(reference) -> None:
     """Small batches are held and binned together (DriftMonitor.observe); whatever reads the
     counts (a closed window, the exported totals) sees every row observed so far, NaN included."""
-    rng = np.random.default_rng(8)
-    rows = _data(rng, 1500, shift=0.3)
-    rows[::97, 0] = np.nan
-    one = DriftMonitor(reference, DriftConfig(window=10_000))
-    one.observe(rows)
-    many = DriftMonitor(reference, DriftConfig(window=10_000))
+    rows = _live(8, 1500, 0.3, nan_every=97, nan_column=0)
+    one, many = _at_once(reference, rows), _fresh(reference)
     for i in range(0, 1300, 1):
         many.observe(rows[i:i + 1])
     assert many.rows == 1300 and 0 < many._held_rows < 1300  # some rows folded, the rest still held
@@ -165,12 +178,8 @@ def test_column_blocks_count_as_the_stacked_rows(reference) -> None:
     """A batch given as column blocks (a model's inputs, then its output's column) counts exactly as
     the same rows stacked into one array, whichever way batches alternate; blocks whose rows or
     widths do not make the features are ignored, as a wrong-width array is."""
-    rng = np.random.default_rng(9)
-    rows = _data(rng, 1400, shift=0.2)
-    rows[::53, 7] = np.nan
-    one = DriftMonitor(reference, DriftConfig(window=10_000))
-    one.observe(rows)
-    blocks = DriftMonitor(reference, DriftConfig(window=10_000))
+    rows = _live(9, 1400, 0.2, nan_every=53, nan_column=7)
+    one, blocks = _at_once(reference, rows), _fresh(reference)
     for i in range(0, 1400, 7):
         part = rows[i:i + 7]
         if i % 3:
@@ -194,9 +203,7 @@ def test_a_wide_model_holds_fewer_rows_and_counts_the_same() -> None:
     names = [f"w{i}" for i in range(3000)]
     wide = reference_stats(rng.normal(size=(500, 3000)).astype(np.float32), names)
     rows = rng.normal(0.2, 1, size=(160, 3000)).astype(np.float32)
-    one = DriftMonitor(wide, DriftConfig(window=10_000))
-    one.observe(rows)
-    many = DriftMonitor(wide, DriftConfig(window=10_000))
+    one, many = _at_once(wide, rows), _fresh(wide)
     assert len(many._held) == FOLD_BYTES // (8 * 3000) == 43
     for i in range(100):
         many.observe(rows[i:i + 1])
